@@ -1,0 +1,312 @@
+"""Problems, prompts and the CCCS curriculum of StepCoder (Dou et al., 2024, §3.2, Algorithm 1).
+
+    python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
+    python curriculum.py --id 1003                # one solution, its split points, every stage's prompt
+    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file
+
+CCCS (curriculum of code completion subtasks) turns a long program into easier
+completion tasks: the prompt carries the first lines of the canonical solution and
+the policy writes the rest. Split points: the conditional statements (if, each elif,
+for, while, async for) found with `ast`. With E of them, K = ceil(sqrt(E)), S =
+ceil(E / K): stage c >= 1 gives the lines before conditional statement S*(c-1)
+(0-based), stage 0 nothing. A problem starts at stage K and moves one stage toward 0
+when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
+
+Departures from the paper and why:
+1. Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is meant; we take
+   SPEC §3's reading: K completion stages, then plain generation (stage 0), as the text says.
+2. The paper gives neither alpha nor rho_t: ours are 0.3 and 0.6 (why: at ALPHA).
+3. When the caller passes `stage=`, a result from a stage the problem has already
+   left is ignored: 16 samples of one step must not push it through several stages.
+4. APPS layout: the canonical solution is the first of `solutions` that parses as Python 3
+   (APPS keeps some Python 2); list-valued stdin tests are joined by newlines, as in CodeRL.
+5. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
+   chat models get it inside their template, then "```python\\n" opens the answer.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the
+# problem; one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha
+# = 3 rollouts, so the small model moves after a handful of successes: simulated, within
+# 16 samples a problem passing 90% / 50% / 25% / 10% of the time moves with probability
+# 1.0 / 0.89 / 0.29 / 0.02 (within 4 samples: 0.87 / 0.25 / 0.04 / 0.00).
+ALPHA, RHO_T = 0.3, 0.6
+DIFFICULTIES = ("introductory", "interview", "competition")
+INSTRUCTION = "write an algorithm in python:"
+
+
+class DataError(ValueError):
+    """A bad problem file or record: the message names the file, the record index and the field."""
+
+
+@dataclass
+class Problem:
+    problem_id: int | str
+    question: str
+    canonical_solution: str
+    fn_name: str | None  # None: a stdin program
+    inputs: list
+    outputs: list
+    starter_code: str
+    difficulty: str
+
+    @property
+    def tests(self) -> dict:
+        """The dict sandbox.run_tests takes."""
+        return {"inputs": self.inputs, "outputs": self.outputs, "fn_name": self.fn_name}
+
+
+def _parses(code: str) -> bool:
+    try:
+        return ast.parse(code) is not None
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _lines(code: str) -> list[str]:  # lines as ast numbers them (not str.splitlines: \f, \u2028 ...)
+    return io.StringIO(code, newline="").readlines()
+
+
+def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; CodeRL joins them
+    return "\n".join(x) if isinstance(x, list) and all(isinstance(s, str) for s in x) else x
+
+
+def _json_field(rec: dict, name: str, bad) -> Any:
+    try:
+        return json.loads(rec[name]) if isinstance(rec.get(name), str) and rec[name] else rec.get(name)
+    except json.JSONDecodeError as e:
+        bad(name, f"not a valid JSON string ({e.msg})")
+
+
+def _read_records(path: Path) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the file: {getattr(e, 'strerror', None) or e}") from None
+    is_list = text.lstrip().startswith("[")
+    records = []  # a JSON list is one chunk from line 1; JSON Lines, one chunk per line
+    for n, chunk in [(1, text)] if is_list else enumerate(text.splitlines(), 1):
+        try:
+            records += [json.loads(chunk)] if chunk.strip() else []
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n + e.lineno - 1}: not valid JSON ({e.msg}); "
+                            "want a JSON list or JSON Lines") from None
+    return records[0] if is_list else records
+
+
+def _record(rec: Any, where: str) -> Problem | None:
+    """One record (APPS+ or APPS layout) -> Problem; None if it has no canonical solution."""
+    def bad(field: str, what: str):
+        raise DataError(f"{where}: field '{field}': {what}")
+
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    pid = rec.get("problem_id")
+    if isinstance(pid, bool) or not isinstance(pid, (int, str)) or pid == "":
+        bad("problem_id", f"must be an int or a non-empty string, got {pid!r}")
+    key = next((k for k in ("question", "prompt", "description") if k in rec), "question")
+    question = rec.get(key)
+    if not isinstance(question, str) or not question.strip():
+        bad(key, "missing or empty")
+    apps = "inputs" not in rec and ("input_output" in rec or "solutions" in rec)
+    if apps:  # original APPS: solutions and input_output are JSON strings
+        tio, sols = (_json_field(rec, name, bad) for name in ("input_output", "solutions"))
+        if not isinstance(tio, dict):
+            bad("input_output", "missing, or not a JSON object with inputs and outputs")
+        if not isinstance(sols or [], list):
+            bad("solutions", "must be a JSON list of programs")
+        solution = next((s for s in sols or [] if isinstance(s, str) and s.strip() and _parses(s)), None)
+        fn_name, inputs, outputs = tio.get("fn_name"), tio.get("inputs"), tio.get("outputs")
+        if fn_name is None and isinstance(inputs, list) and isinstance(outputs, list):  # lists of lines
+            inputs, outputs = ([_joined(x) for x in xs] for xs in (inputs, outputs))
+    else:
+        solution, fn_name = rec.get("canonical_solution"), rec.get("fn_name")
+        inputs, outputs = rec.get("inputs"), rec.get("outputs")
+    if solution is None or solution == "" or isinstance(solution, str) and not solution.strip():
+        return None
+    if not isinstance(solution, str) or not _parses(solution):
+        bad("canonical_solution", "must be a string of valid Python 3 (ast.parse fails)")
+    if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.strip()):
+        bad("fn_name", f"must be null (stdin) or a function name, got {fn_name!r}")
+    for name, xs in (("inputs", inputs), ("outputs", outputs)):
+        if not isinstance(xs, list) or not xs:
+            bad(name, "must be a non-empty list of tests")
+    if len(inputs) != len(outputs):
+        bad("outputs", f"{len(outputs)} outputs for {len(inputs)} inputs")
+    for t, (i, o) in enumerate(zip(inputs, outputs)):
+        if fn_name is None and not (isinstance(i, str) and isinstance(o, str)):
+            bad("outputs" if isinstance(i, str) else "inputs", f"test {t}: a stdin test must be a string")
+        if fn_name is not None and not isinstance(i, list):
+            bad("inputs", f"test {t}: a call-based input must be the list of arguments")
+    starter = rec.get("starter_code") or ""
+    if not isinstance(starter, str):
+        bad("starter_code", "must be a string")
+    if rec.get("difficulty") not in DIFFICULTIES:
+        bad("difficulty", f"must be one of {'/'.join(DIFFICULTIES)}, got {rec.get('difficulty')!r}")
+    return Problem(pid, question, solution, fn_name, inputs, outputs, starter, rec["difficulty"])
+
+
+def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
+    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see SPEC §1."""
+    path = Path(path)
+    records = _read_records(path)
+    if not isinstance(records, list) or not records:
+        raise DataError(f"{path}: expected a non-empty JSON list (or JSON Lines) of problem records")
+    problems, seen, skipped = [], {}, 0
+    for i, rec in enumerate(records):
+        p = _record(rec, where := f"{path}: record {i}")
+        if p is None and not skip_missing_solutions:
+            raise DataError(f"{where}: field 'canonical_solution': missing or empty (skip_missing_solutions skips)")
+        if p is None:
+            skipped += 1
+            continue
+        if p.problem_id in seen:
+            raise DataError(f"{where}: field 'problem_id': {p.problem_id!r} repeats record {seen[p.problem_id]}")
+        seen[p.problem_id] = i
+        problems.append(p)
+    if skipped:
+        print(f"{path}: skipped {skipped} of {len(records)} records without a canonical solution", file=sys.stderr)
+    return problems
+
+
+def split_points(code: str) -> list[int]:
+    """1-based start lines of every if/elif/for/while (async too), in source order."""
+    kinds = (ast.If, ast.For, ast.AsyncFor, ast.While)  # not ast.IfExp, not comprehension ifs
+    return sorted({node.lineno for node in ast.walk(ast.parse(code)) if isinstance(node, kinds)})
+
+
+def stage_prefixes(code: str) -> list[str]:
+    """Canonical prefixes of stages K, K-1, ..., 1, 0 (SPEC §3); the last is always ""."""
+    points, lines = split_points(code), _lines(code)
+    if not points:
+        return [""]
+    K = math.ceil(math.sqrt(len(points)))
+    S = math.ceil(len(points) / K)
+    cut = lambda line: "".join(lines[: line - 1])  # the lines above `line`; ends with "\n"
+    return [cut(points[S * (c - 1)]) for c in range(K, 0, -1)] + [""]
+
+
+class Curriculum:
+    """Per-problem CCCS stage c (K..0) and moving pass rate rho."""
+
+    def __init__(self, problems: list[Problem], alpha: float = ALPHA, rho_t: float = RHO_T, enabled: bool = True):
+        self.alpha, self.rho_t, self.enabled = alpha, rho_t, enabled
+        self.prefixes = {p.problem_id: stage_prefixes(p.canonical_solution) for p in problems}
+        self.stages = {pid: len(pre) - 1 if enabled else 0 for pid, pre in self.prefixes.items()}
+        self.rho = {pid: 0.0 for pid in self.prefixes}
+
+    def stage(self, problem_id: int | str) -> int:
+        return self.stages[problem_id]
+
+    def prefix(self, problem_id: int | str) -> str:
+        pre = self.prefixes[problem_id]
+        return pre[len(pre) - 1 - self.stages[problem_id]]
+
+    def update(self, problem_id: int | str, passed: bool, stage: int | None = None) -> bool:
+        """Record one scored rollout; True if the problem moved one stage toward 0.
+        `stage`: the stage the rollout was generated at; a stale result is ignored."""
+        c = self.stages[problem_id]
+        if c == 0 or (stage is not None and stage != c):
+            return False
+        self.rho[problem_id] = self.alpha * float(passed) + (1 - self.alpha) * self.rho[problem_id]
+        if self.rho[problem_id] > self.rho_t:
+            self.stages[problem_id], self.rho[problem_id] = c - 1, 0.0
+            return True
+        return False
+
+    def stage_histogram(self) -> dict[int, int]:
+        return dict(sorted(Counter(self.stages.values()).items()))
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha, "rho_t": self.rho_t, "enabled": self.enabled,
+                "problems": [[pid, self.stages[pid], self.rho[pid]] for pid in self.stages]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for pid, c, rho in state["problems"]:
+            if pid not in self.stages or not 0 <= c < len(self.prefixes[pid]):
+                raise ValueError(f"curriculum state: problem {pid!r} at stage {c} is not among the loaded problems")
+            self.stages[pid], self.rho[pid] = c, float(rho)
+        self.alpha, self.rho_t, self.enabled = state["alpha"], state["rho_t"], state["enabled"]
+
+
+def build_prompt(problem: Problem, tokenizer: Any = None) -> str:
+    """SPEC §6. The trainer's full prompt is build_prompt(p, tok) + curriculum.prefix(id)."""
+    text = f"{INSTRUCTION}\n{problem.question.strip()}\n"
+    if problem.fn_name is not None:
+        text += f"\nThe function to write is `{problem.fn_name}`."
+        if problem.starter_code.strip():
+            text += f" Complete this starter code:\n```python\n{problem.starter_code.rstrip()}\n```"
+        text += "\n"
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "```python\n"
+    return text + "\n### Python solution:\n"
+
+
+def show(problem: Problem) -> str:
+    """The canonical solution with split points and stage boundaries marked, then every stage's prompt."""
+    p, code = problem, problem.canonical_solution
+    points, prefixes = split_points(code), stage_prefixes(code)
+    K = len(prefixes) - 1
+    starts = {len(_lines(pre)) + 1: K - k for k, pre in enumerate(prefixes[:-1])}  # first line the policy writes
+    out = [f"problem {p.problem_id} ({p.difficulty}, {p.fn_name and 'call-based: ' + p.fn_name or 'stdin'}): "
+           f"E={len(points)} conditional statements [i], "
+           f"K={K} completion stages + stage 0 (plain generation)", ""]
+    for n, line in enumerate(_lines(code), 1):
+        if n in starts:
+            out.append(f"     ---- stage {starts[n]}: the prompt holds the lines above; the policy writes the rest ----")
+        out.append(f"{n:4d} {f'[{points.index(n)}]' if n in points else '':>5} {line.rstrip()}")
+    out += ["", "==== prompt (every stage; the stage's prefix follows it) ====", build_prompt(p).rstrip("\n")]
+    for k, pre in enumerate(prefixes):
+        out += [f"==== stage {K - k}: prefix of {len(_lines(pre))} lines ====", pre.rstrip("\n") or "(none)"]
+    return "\n".join(out)
+
+
+def stats(problems: list[Problem]) -> str:
+    calls = sum(p.fn_name is not None for p in problems)
+    cls = sum("class Solution" in p.canonical_solution for p in problems)
+    diff, tests = Counter(p.difficulty for p in problems), [len(p.inputs) for p in problems]
+    out = [f"{len(problems)} problems: " + ", ".join(f"{d} {diff[d]}" for d in DIFFICULTIES),
+           f"stdin {len(problems) - calls}, call-based {calls} ({cls} as class Solution methods)",
+           f"tests per problem: min {min(tests)}, max {max(tests)}", "E (conditional statements): stages K+1, problems"]
+    for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
+        out.append(f"  E={e:3d}  K+1={math.ceil(math.sqrt(e)) + 1:2d}  {n:4d} {'#' * n}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Show problems and their CCCS stages (StepCoder §3.2).")
+    ap.add_argument("--data", default=str(Path(__file__).parent / "data" / "train.json"),
+                    help="a JSON list or JSON Lines file (default: the bundled data/train.json)")
+    ap.add_argument("--id", help="show one problem: split points, stage boundaries, each stage's prompt")
+    ap.add_argument("--stats", action="store_true", help="counts per difficulty, stdin/call-based, histogram of E")
+    args = ap.parse_args(argv)
+    try:
+        problems = load_problems(args.data)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.id is not None:
+        match = [p for p in problems if str(p.problem_id) == args.id]
+        if not match:
+            print(f"error: no problem with id {args.id!r} in {args.data} (--stats lists the file)", file=sys.stderr)
+            return 2
+        print(show(match[0]))
+    if args.stats or args.id is None:
+        print(stats(problems))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
