@@ -1,0 +1,604 @@
+"""StepCoder, small: PPO from compiler feedback, with the CCCS curriculum and FGO masking.
+
+Run it:
+    python stepcoder.py --model tiny                    # CPU, no download: SFT warm start, then PPO
+    python stepcoder.py --model deepseek-coder-1.3b     # one 24 GB GPU, 4-bit base + LoRA
+    python stepcoder.py --model tiny --no-cccs --no-fgo # vanilla PPO (the paper's ablation)
+    python stepcoder.py --resume runs/tiny --steps 40   # continue a run to 40 PPO steps in total
+    python stepcoder.py --help                          # every flag, with its default
+
+What it implements (Dou et al., 2024, arXiv 2402.01391; ../shared/SPEC.md):
+    reward from the sandbox (Eq. 3, sandbox.py) -> per-token KL penalty (Eq. 4) -> GAE (Eq. 2)
+    -> clipped PPO surrogate (Eq. 1) on the tokens FGO keeps (Sec. 3.3); prompts carry the
+    canonical prefix of each problem's CCCS stage (Sec. 3.2, curriculum.py).
+    The policy is a LoRA adapter on a (4-bit) base model; the value head is one linear layer on
+    the same forward pass; the reference policy is the same model with the adapter disabled.
+
+Where this departs from the paper, and why:
+    1. LoRA on a 4-bit NF4 base instead of full fine-tuning: the paper trains 6.7B on many GPUs;
+       we fit 1.3B (or 6.7B) on one 24 GB GPU. Only the adapter and the value head learn.
+    2. The reference policy is "adapters off". For `tiny`, the SFT warm start trains the base
+       weights before the adapter exists, so the reference is exactly the SFT model (as in the
+       paper). For a pretrained 4-bit model we cannot train the quantised base: `--sft-steps`
+       then trains the adapter itself and the reference stays the base model (the instruct
+       model is already an SFT model, so the default there is no warm start).
+    3. The value head shares the policy's backbone (paper: a separate critic) to save memory;
+       its loss has a small coefficient (0.1) so it does not dominate the shared adapter.
+    4. Smaller budgets: 4 samples per problem (paper 16), fewer problems per step; all flags.
+    5. Instruct prompts end in "```python\\n" and the program is cut at the closing fence;
+       tokens after the cut are not program text, so FGO masks them.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import curriculum
+import sandbox
+
+
+@dataclass
+class Config:
+    # --- model -------------------------------------------------------------------------
+    model: str = field(default="deepseek-coder-1.3b", metadata={"help": "tiny | deepseek-coder-1.3b | deepseek-coder-6.7b | a Hugging Face id | a local directory"})
+    no_4bit: bool = field(default=False, metadata={"help": "do not quantise the base model (4-bit NF4 is the default on CUDA)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "force 4-bit NF4 loading, also on the CPU"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names that get adapters (Llama family)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (less memory, ~30%% slower)"})
+    # --- data and run --------------------------------------------------------------------
+    data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS layout)"})
+    test_data: str = field(default="data/test.json", metadata={"help": "problems for --eval"})
+    out: str = field(default="", metadata={"help": "run directory (default: runs/<model name>)"})
+    resume: str = field(default="", metadata={"help": "continue the run in this directory (its saved config is used; --steps is the total)"})
+    overwrite: bool = field(default=False, metadata={"help": "delete an existing run directory and start again"})
+    steps: int = field(default=100, metadata={"help": "total PPO steps of the run"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
+    eval: bool = field(default=False, metadata={"help": "pass@1 on --test-data after the warm start and at the end"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    # --- SFT warm start ------------------------------------------------------------------
+    sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
+    sft_lr: float = field(default=1e-4, metadata={"help": "learning rate of the warm start"})
+    sft_batch_size: int = field(default=8, metadata={"help": "sequences per warm-start step"})
+    # --- rollouts ------------------------------------------------------------------------
+    problems_per_step: int = field(default=8, metadata={"help": "problems sampled per PPO step"})
+    samples_per_problem: int = field(default=4, metadata={"help": "rollouts per problem (paper: 16)"})
+    gen_batch_size: int = field(default=16, metadata={"help": "sequences generated at once"})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "longer prompts are cut from the left"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "generation length limit (paper: 1024)"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature (paper: 0.8)"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling (paper: 0.9)"})
+    eval_temperature: float = field(default=0.2, metadata={"help": "evaluation temperature; 0 means greedy"})
+    eval_top_p: float = field(default=0.95, metadata={"help": "evaluation nucleus sampling"})
+    timeout: float = field(default=4.0, metadata={"help": "seconds per unit test in the sandbox"})
+    # --- PPO -----------------------------------------------------------------------------
+    lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate (adapter and value head)"})
+    ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
+    minibatch_size: int = field(default=4, metadata={"help": "sequences per gradient step"})
+    clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip (Eq. 1)"})
+    vf_clip: float = field(default=0.2, metadata={"help": "value clip"})
+    vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta of the per-token KL penalty (Eq. 4)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount (Eq. 2)"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (Eq. 2)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    # --- the two StepCoder components ----------------------------------------------------
+    no_cccs: bool = field(default=False, metadata={"help": "ablation: every problem at stage 0 (plain generation)"})
+    no_fgo: bool = field(default=False, metadata={"help": "ablation: no coverage mask on the policy loss"})
+    cccs_alpha: float = field(default=curriculum.ALPHA, metadata={"help": "CCCS moving pass-rate factor"})
+    cccs_threshold: float = field(default=curriculum.RHO_T, metadata={"help": "CCCS pass rate that moves a problem one stage on"})
+
+
+# `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
+TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
+                     steps=30, lr=5e-4, problems_per_step=8, samples_per_problem=4,
+                     minibatch_size=8, gen_batch_size=32, timeout=2.0, lora_r=16)
+MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
+                 "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
+
+
+class UsageError(Exception):
+    """Bad flags, files or model names: one line on stderr, exit code 2."""
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Every Config field is a flag; `--model tiny` changes the defaults the user did not set."""
+    parser = argparse.ArgumentParser(description="StepCoder, small: PPO + CCCS + FGO.",
+                                     argument_default=argparse.SUPPRESS)
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str),
+                                help=f"{f.metadata['help']} (default: {f.default!r})")
+    parser.error = lambda msg: (_ for _ in ()).throw(UsageError(msg))  # one line, exit 2
+    given = vars(parser.parse_args(argv))
+    if given.get("resume"):  # the run's own config, with the few flags that may change
+        saved = Path(given["resume"]) / "config.json"
+        if not saved.exists():
+            raise UsageError(f"--resume {given['resume']}: no config.json there; give the run directory of an earlier run")
+        cfg = Config(**{**json.loads(saved.read_text()), **{k: v for k, v in given.items()
+                        if k in ("steps", "eval", "save_every", "test_data", "resume")}})
+    else:
+        tiny = TINY_DEFAULTS if given.get("model", Config.model) == "tiny" else {}
+        cfg = Config(**{**tiny, **given})
+    for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
+                 "max_new_tokens", "ppo_epochs", "minibatch_size", "save_every", "lora_r"):
+        if getattr(cfg, name) < (0 if name in ("steps", "sft_steps") else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    if not (0 < cfg.top_p <= 1 and cfg.temperature > 0 and cfg.eval_temperature >= 0):
+        raise UsageError("need 0 < --top-p <= 1, --temperature > 0 and --eval-temperature >= 0")
+    for name in ("data", "test_data") if cfg.eval else ("data",):
+        if not Path(getattr(cfg, name)).is_file():
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: no such file")
+    cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
+    return cfg
+
+
+# ----------------------------------------------------------------------------- model ---
+
+def build_tiny(problems: list, seed: int):
+    """A small Llama and a byte-level BPE tokenizer trained on the problems: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        [curriculum.build_prompt(p) + p.canonical_solution for p in problems],
+        trainers.BpeTrainer(vocab_size=1024, special_tokens=["<|endoftext|>", "<|pad|>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    return tok, LlamaForCausalLM(config)
+
+
+def load_base(name: str, cfg: Config, device: torch.device):
+    """Tokenizer and base model from a hub id or a local directory, 4-bit NF4 where asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    path = MODEL_ALIASES.get(name, name)
+    use_4bit = cfg.load_in_4bit or (device.type == "cuda" and not cfg.no_4bit)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype) if use_4bit else None
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant,
+                                                    device_map={"": device})
+    except (OSError, ValueError) as e:
+        raise UsageError(f"could not load model '{path}' ({type(e).__name__}): check the name, the network, "
+                         f"or pass a local directory; --model tiny needs no download") from None
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:  # pad must differ from EOS
+        tok.pad_token = tok.unk_token or tok.bos_token
+    base.config.use_cache = True
+    return tok, base
+
+
+def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
+    """LoRA policy (trainable adapter, frozen base, dropout 0) and a float32 value head."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    if adapter_dir:
+        policy = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    else:
+        targets = [t for t in cfg.lora_targets.split(",") if t]
+        policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32, device=base.device)
+    nn.init.zeros_(value_head.weight), nn.init.zeros_(value_head.bias)
+    return policy, value_head
+
+
+def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
+    """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it.
+
+    One forward pass gives both the policy logits and the value (the "shared" value head).
+    Logits are divided by the sampling temperature, as in sampling (SPEC 5). Positions come
+    from the attention mask, so left padding does not shift them.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 output_hidden_states=True, logits_to_keep=n_gen + 1, use_cache=False)
+    logits = out.logits[:, :-1].float() / temperature                               # (B, G, V)
+    logp_all = torch.log_softmax(logits, dim=-1)                                     # (B, G, V)
+    logprobs = logp_all.gather(-1, input_ids[:, -n_gen:, None]).squeeze(-1)         # (B, G)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)                               # (B, G)
+    hidden = out.hidden_states[-1][:, -n_gen - 1:-1].float()                         # (B, G, H)
+    values = value_head(hidden).squeeze(-1)                                          # (B, G)
+    return logprobs, entropy, values
+
+
+# ------------------------------------------------------------------------- the method ---
+
+def fgo_mask(token_ends: list[int], text: str, first_line: int,
+             executed_lines: frozenset[int] | None, eos_index: int | None) -> list[float]:
+    """FGO (paper Sec. 3.3): keep a generated token iff one of its characters is on an executed line.
+
+    `text` is the generated part of the program, which starts on line `first_line`; token i
+    spans text[token_ends[i-1]:token_ends[i]] (characters past len(text) were cut off the
+    program). `executed_lines=None` means the program did not compile: keep every token, so
+    syntax errors still get a gradient. The EOS token is always kept. Blank and comment lines
+    never execute, so tokens only on them are masked.
+    """
+    if executed_lines is None:
+        return [1.0] * len(token_ends)
+    newlines = [j for j, ch in enumerate(text) if ch == "\n"]
+    mask, start = [], 0
+    for i, end in enumerate(token_ends):
+        lines = {first_line + bisect.bisect_left(newlines, j) for j in range(start, min(end, len(text)))}
+        mask.append(1.0 if i == eos_index or lines & executed_lines else 0.0)
+        start = end
+    return mask
+
+
+def kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef: float):
+    """Eq. 4: r_t = -beta * (log pi(a_t) - log pi_ref(a_t)) on every generated token, plus the
+    program's reward (Eq. 3) on its last token. All (B, G) except scores (B,)."""
+    kl = (logprobs - ref_logprobs) * mask                                            # (B, G)
+    rewards = -kl_coef * kl                                                          # (B, G)
+    last = mask.sum(1).long() - 1                                                    # (B,)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, kl
+
+
+def compute_gae(rewards, values, mask, gamma: float, lam: float):
+    """Eq. 2, generalised advantage estimation over the generated tokens; all (B, G).
+
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t); A_t = delta_t + gamma * lam * A_{t+1}; the value
+    after the last generated token is 0 (the episode ends). returns = advantages + values.
+    """
+    advantages = torch.zeros_like(rewards)                                           # (B, G)
+    next_adv = torch.zeros_like(rewards[:, 0])                                       # (B,)
+    next_value = torch.zeros_like(rewards[:, 0])                                     # (B,)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]                    # (B,)
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_adv
+    return advantages, advantages + values
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x, mask):
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef: float):
+    """Eq. 1, the clipped surrogate, averaged over the tokens in `mask` (the FGO-kept ones)."""
+    logratio = logprobs - old_logprobs                                               # (B, G)
+    ratio = logratio.exp()                                                           # (B, G)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1) - logratio, mask)                        # k3 estimator
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+    return pg_loss, ratio, approx_kl, clipfrac
+
+
+def value_loss(values, old_values, returns, mask, vf_clip: float):
+    """Clipped value loss (PPO practice, as in the paper's PPO setup) over generated tokens."""
+    v_clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+
+
+# ---------------------------------------------------------------------- rollout parts ---
+
+def tokenize_prompts(tok, texts: list[str], cfg: Config, device):
+    """Left-padded prompt ids: the model continues every prompt from the same column."""
+    chat = bool(getattr(tok, "chat_template", None))  # the chat template already carries BOS
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", truncation=True,
+              truncation_side="left", max_length=cfg.max_prompt_tokens, add_special_tokens=not chat)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
+             batch_size: int, desc: str):
+    """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,)."""
+    policy.eval()
+    chunks, lengths = [], []
+    for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
+        ids, am = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+            else dict(do_sample=False)
+        out = policy.generate(input_ids=ids, attention_mask=am, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, **sampling)
+        resp = out[:, ids.shape[1]:]                                                 # (b, g)
+        is_eos = resp == tok.eos_token_id
+        first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, resp.shape[1])
+        chunks.append(resp), lengths.append(first_eos)
+    width = max(c.shape[1] for c in chunks)
+    resp = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in chunks])
+    return resp, torch.cat(lengths)                                                  # (N, G), (N,)
+
+
+def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
+    """Text of the tokens and the end offset of each token in it (for FGO's token -> line map)."""
+    text = tok.decode(ids, skip_special_tokens=True)
+    pieces = [tok.decode([i], skip_special_tokens=True) for i in ids]
+    if "".join(pieces) != text:  # e.g. a character split across tokens: decode growing prefixes
+        pieces = [tok.decode(ids[:k + 1], skip_special_tokens=True) for k in range(len(ids))]
+        return text, [len(p) for p in pieces]
+    ends, n = [], 0
+    for p in pieces:
+        n += len(p)
+        ends.append(n)
+    return text, ends
+
+
+def program_text(gen_text: str, chat: bool) -> str:
+    """The generated code: an instruct prompt ends in an opening fence, so cut at the closing one."""
+    return gen_text.split("```")[0] if chat else gen_text
+
+
+def score(programs: list[str], problems: list, cfg: Config) -> list:
+    return sandbox.run_batch([(code, p.tests) for code, p in zip(programs, problems)],
+                             timeout=cfg.timeout, progress=True)
+
+
+def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device):
+    """Supervised fine-tuning on prompt + canonical solution (loss on the solution only)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps)))
+    model.train()
+    bar = tqdm(range(cfg.sft_steps), desc="warm start (SFT)")
+    for _ in bar:
+        batch = rng.sample(problems, min(cfg.sft_batch_size, len(problems)))
+        prompts = [curriculum.build_prompt(p, tok) for p in batch]
+        full = [pr + p.canonical_solution + tok.eos_token for pr, p in zip(prompts, batch)]
+        enc = tok(full, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                  max_length=cfg.max_prompt_tokens + cfg.max_new_tokens, add_special_tokens=False).to(device)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)      # (B, T)
+        for row, pr in enumerate(prompts):  # no loss on the prompt
+            labels[row, :len(tok(pr, add_special_tokens=False)["input_ids"])] = -100
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad(), loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+
+
+def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict:
+    """pass@1 at stage 0 (no canonical prefix), per difficulty and overall."""
+    chat = bool(getattr(tok, "chat_template", None))
+    ids, am = tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in problems], cfg, device)
+    resp, lengths = generate(policy, tok, ids, am, cfg.max_new_tokens, cfg.eval_temperature,
+                             cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}")
+    programs = [program_text(tok.decode(r[:n], skip_special_tokens=True), chat) for r, n in zip(resp.tolist(), lengths.tolist())]
+    results = score(programs, problems, cfg)
+    table: dict[str, list[bool]] = {}
+    for p, r in zip(problems, results):
+        for key in (p.difficulty, "overall"):
+            table.setdefault(key, []).append(r.status == "pass")
+    report = {k: {"pass@1": sum(v) / len(v), "n": len(v)} for k, v in table.items()}
+    tqdm.write(f"pass@1 ({tag})  " + "  ".join(f"{k}: {v['pass@1']:.3f} (n={v['n']})" for k, v in report.items()))
+    return report
+
+
+# ----------------------------------------------------------------- checkpoint, resume ---
+
+def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cur, step: int, rng: random.Random):
+    """Written to a temporary folder, then renamed: a crash never leaves half a checkpoint."""
+    tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "adapter")  # loadable with PeftModel.from_pretrained
+    torch.save({"value_head": value_head.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": rng.getstate()}, tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "curriculum": cur.state_dict()}))
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.out)
+    if cfg.resume:
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.overwrite:
+            raise UsageError(f"run directory {run_dir} exists: pass --resume {run_dir} to continue it, "
+                             f"--overwrite to start again, or --out NEW_DIR")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    return run_dir
+
+
+# ------------------------------------------------------------------------------ train ---
+
+def train(cfg: Config):
+    """The whole run; returns (run directory, policy, value head) for tests and notebooks."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar(), hf_logging.set_verbosity_error()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problems = curriculum.load_problems(cfg.data)
+    test_problems = curriculum.load_problems(cfg.test_data) if cfg.eval else []
+    run_dir = prepare_run_dir(cfg)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ckpt = run_dir / "checkpoint"
+    resuming = cfg.resume and ckpt.exists()
+
+    # 1. Load the model. `tiny` is built and warm-started here, then saved as the base model.
+    if cfg.model == "tiny":
+        if not (run_dir / "base").exists():
+            tok, model = build_tiny(problems, cfg.seed)
+            warm_start(model.to(device), tok, problems, cfg, rng, device)
+            model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
+        tok, base = load_base(str(run_dir / "base"), cfg, device)
+    else:
+        tok, base = load_base(cfg.model, cfg, device)
+    policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
+    if cfg.model != "tiny" and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
+        warm_start(policy, tok, problems, cfg, rng, device)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    cur = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
+    start = 0
+    if resuming:
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        value_head.load_state_dict(state["value_head"]), optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"]), rng.setstate(state["python_rng"])
+        progress = json.loads((ckpt / "progress.json").read_text())
+        start = progress["step"]
+        cur.load_state_dict(progress["curriculum"])
+    chat = bool(getattr(tok, "chat_template", None))
+    if cfg.eval and start == 0:
+        (run_dir / "eval_step0.json").write_text(json.dumps(evaluate(policy, tok, test_problems, cfg, device, "step 0"), indent=1))
+
+    for step in range(start + 1, cfg.steps + 1):
+        # 2. Curriculum prompt: each problem's instruction, then the canonical prefix of its stage.
+        batch = [p for p in rng.sample(problems, min(cfg.problems_per_step, len(problems)))
+                 for _ in range(cfg.samples_per_problem)]
+        prefixes = [cur.prefix(p.problem_id) for p in batch]
+        prompt_ids, prompt_mask = tokenize_prompts(
+            tok, [curriculum.build_prompt(p, tok) + pre for p, pre in zip(batch, prefixes)], cfg, device)
+
+        # 3. Rollout.
+        t0 = time.time()
+        b_resp, b_len = generate(policy, tok, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
+                                 cfg.top_p, cfg.gen_batch_size, "generate")                   # (N, G), (N,)
+        t_gen = time.time() - t0
+        decoded = [decode_with_offsets(tok, r[:n]) for r, n in zip(b_resp.tolist(), b_len.tolist())]
+        gen_code = [program_text(text, chat) for text, _ in decoded]
+
+        # 4. Sandbox: the reward is for the whole program, canonical prefix + generated code.
+        t0 = time.time()
+        results = score([pre + code for pre, code in zip(prefixes, gen_code)], batch, cfg)
+        t_score = time.time() - t0
+        for p, r in zip(batch, results):
+            cur.update(p.problem_id, r.status == "pass")
+
+        # 5. The masking convention. The tensors below hold generated tokens only (G columns):
+        #    the prompt and the canonical prefix are never actions, so they never enter a loss.
+        #    b_mask: 1 on generated tokens up to and including EOS, 0 on padding -> value loss,
+        #            KL penalty, GAE and whitening.
+        #    b_fgo:  b_mask, and 0 on tokens whose lines the unit tests never executed (FGO)
+        #            -> the policy loss only. With --no-fgo, b_fgo == b_mask.
+        N, G = b_resp.shape
+        b_mask = (torch.arange(G, device=device)[None] < b_len[:, None]).float()       # (N, G)
+        b_fgo = b_mask.clone()
+        if not cfg.no_fgo:
+            for i, ((_, ends), code, pre, r, n) in enumerate(zip(decoded, gen_code, prefixes, results, b_len.tolist())):
+                eos = n - 1 if b_resp[i, n - 1] == tok.eos_token_id else None
+                executed = None if r.status == "compile_error" else r.executed_lines
+                b_fgo[i, :n] = torch.tensor(fgo_mask(ends, code, pre.count("\n") + 1, executed, eos))
+        b_ids = torch.cat([prompt_ids, b_resp], 1)                                     # (N, P+G)
+        b_attn = torch.cat([prompt_mask, b_mask.long()], 1)                            # (N, P+G)
+        b_scores = torch.tensor([r.reward for r in results], device=device)           # (N,)
+
+        # 6. Log-probs of the policy and the reference (adapters off), and values, before the update.
+        t0 = time.time()
+        policy.eval()
+        with torch.no_grad():
+            parts, ref_parts = [], []
+            for i in range(0, N, cfg.minibatch_size):
+                sl = slice(i, i + cfg.minibatch_size)
+                parts.append(forward(policy, value_head, b_ids[sl], b_attn[sl], G, cfg.temperature))
+                with policy.disable_adapter():
+                    ref_parts.append(forward(policy, value_head, b_ids[sl], b_attn[sl], G, cfg.temperature)[0])
+            b_logprobs, b_entropy, b_values = (torch.cat(x) for x in zip(*parts))     # (N, G) each
+            b_ref_logprobs = torch.cat(ref_parts)                                      # (N, G)
+
+            # 7. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages.
+            b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)
+            b_values = b_values * b_mask
+            b_advantages, b_returns = compute_gae(b_rewards, b_values, b_mask, cfg.gamma, cfg.lam)
+            b_advantages = whiten(b_advantages, b_mask)
+
+        # 8. PPO update: a few epochs over shuffled minibatches.
+        policy.train()
+        stats = {"pg_loss": [], "vf_loss": [], "approx_kl": [], "clipfrac": [], "skipped": 0}
+        for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False):
+            for mb in torch.randperm(N, device=device).split(cfg.minibatch_size):
+                new_logprobs, _, new_values = forward(policy, value_head, b_ids[mb], b_attn[mb], G, cfg.temperature)
+                pg_loss, _, approx_kl, clipfrac = policy_loss(                       # Eq. 1, FGO tokens
+                    new_logprobs, b_logprobs[mb], b_advantages[mb], b_fgo[mb], cfg.clip_coef)
+                vf_loss = value_loss(new_values, b_values[mb], b_returns[mb], b_mask[mb], cfg.vf_clip)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if not torch.isfinite(loss):
+                    stats["skipped"] += 1
+                    continue
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
+                    stats[k].append(v.item())
+        t_update = time.time() - t0
+
+        # 9. Log, checkpoint.
+        mean = lambda xs: sum(xs) / max(len(xs), 1)
+        verdicts = [r.status for r in results]
+        var_r = torch.var(b_returns[b_mask.bool()])
+        metrics = {
+            "step": step, "reward_mean": b_scores.mean().item(), "pass_rate": verdicts.count("pass") / N,
+            **{f"frac_{v}": verdicts.count(v) / N for v in ("pass", "wrong_answer", "runtime_error", "timeout", "compile_error")},
+            "kl": (b_kl.sum(1)).mean().item(), "approx_kl": mean(stats["approx_kl"]), "clipfrac": mean(stats["clipfrac"]),
+            "entropy": masked_mean(b_entropy, b_mask).item(), "pg_loss": mean(stats["pg_loss"]), "vf_loss": mean(stats["vf_loss"]),
+            "explained_var": (1 - torch.var((b_returns - b_values)[b_mask.bool()]) / var_r).item() if var_r > 0 else 0.0,
+            "stage_hist": {str(k): v for k, v in sorted(cur.stage_histogram().items())},
+            "fgo_kept": (b_fgo.sum() / b_mask.sum()).item(), "gen_tokens_per_s": b_mask.sum().item() / max(t_gen, 1e-9),
+            "t_generate": t_gen, "t_score": t_score, "t_update": t_update, "skipped_updates": stats["skipped"],
+        }
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        tqdm.write(f"step {step} | reward {metrics['reward_mean']:+.3f} | pass {metrics['pass_rate']:.3f} | "
+                   f"kl {metrics['kl']:.3f} | clipfrac {metrics['clipfrac']:.3f} | fgo_kept {metrics['fgo_kept']:.2f} | "
+                   f"stages {metrics['stage_hist']} | {t_gen:.0f}s gen {t_score:.0f}s score {t_update:.0f}s update")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(run_dir, policy, value_head, optimizer, cur, step, rng)
+
+    if cfg.eval:
+        (run_dir / f"eval_step{cfg.steps}.json").write_text(json.dumps(evaluate(policy, tok, test_problems, cfg, device, f"step {cfg.steps}"), indent=1))
+    return run_dir, policy, value_head
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(parse_config(argv))
+    except (UsageError, curriculum.DataError) as e:
+        print(f"stepcoder: error: {e}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print("stepcoder: CUDA out of memory: try --gradient-checkpointing, a smaller --minibatch-size or "
+              "--gen-batch-size, fewer --max-new-tokens, or 4-bit loading (drop --no-4bit)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import stepcoder
+from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------- pure functions, by hand ---
+
+def test_gae_matches_hand_computation():
+    # gamma = 1, lam = 0.5. Row 0: three generated tokens. Row 1: two tokens then padding,
+    # whose value (9.0) must not leak into the advantage of the last real token.
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4], [0.5, 0.2, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 0: d2 = 1 - .4 = .6; d1 = .4 - .2 = .2, A1 = .2 + .5*.6 = .5; d0 = .2 - .5 = -.3, A0 = -.3 + .25
+    # row 1: A1 = 1 - .2 = .8; A0 = (.2 - .5) + .5*.8 = .1; the padded column is 0
+    assert torch.allclose(adv, torch.tensor([[-0.05, 0.5, 0.6], [0.1, 0.8, 0.0]]), atol=1e-6)
+    assert torch.allclose(ret[0], torch.tensor([0.45, 0.7, 1.0]), atol=1e-6)
+
+
+def test_gae_discounts_with_gamma():
+    adv, _ = compute_gae(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), torch.ones(1, 2), gamma=0.9, lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[0.9, 1.0]]))
+
+
+def test_kl_penalty_on_every_token_and_score_on_the_last():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    rewards, kl = kl_penalized_rewards(logprobs, ref, torch.tensor([1.0]), mask, kl_coef=0.1)
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 1.0, 0.0]]))
+
+
+def test_policy_loss_clips_both_ways():
+    new = torch.log(torch.tensor([[1.5, 0.5]]))
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, ratio, approx_kl, clipfrac = policy_loss(new, old, adv, torch.ones(1, 2), clip_coef=0.2)
+    # token 0: max(-1.5, -1.2) = -1.2; token 1: max(0.5, 0.8) = 0.8; mean -0.2
+    assert loss.item() == pytest.approx(-0.2, abs=1e-6)
+    assert clipfrac.item() == 1.0
+    assert approx_kl.item() == pytest.approx(((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5))) / 2, abs=1e-6)
+
+
+def test_policy_loss_averages_over_the_fgo_tokens_only():
+    new = torch.log(torch.tensor([[1.5, 0.5]]))
+    loss, *_ = policy_loss(new, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.tensor([[1.0, 0.0]]), 0.2)
+    assert loss.item() == pytest.approx(-1.2, abs=1e-6)
+
+
+def test_value_loss_takes_the_clipped_term_when_larger():
+    # unclipped: (1 - 2)^2 = 1; clipped value 0.2: (0.2 - 2)^2 = 3.24; loss 0.5 * 3.24
+    loss = value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2)
+    assert loss.item() == pytest.approx(1.62, abs=1e-6)
+
+
+def test_fgo_mask_hand_example():
+    # The generated text starts on program line 3; lines 3, 4 and 8 ran; line 5 never ran,
+    # line 6 is a comment and line 7 is blank. Token 2 spans the end of line 4 and the
+    # indentation of line 5: one executed character is enough to keep it. Token 7 is EOS.
+    pieces = ["x = 1\n", "if x > 5:", "\n    ", "y = 2\n", "# note\n", "\n", "print(x)\n", ""]
+    text = "".join(pieces)
+    ends = [sum(len(p) for p in pieces[:i + 1]) for i in range(len(pieces))]
+    mask = fgo_mask(ends, text, first_line=3, executed_lines=frozenset({1, 2, 3, 4, 8}), eos_index=7)
+    assert mask == [1, 1, 1, 0, 0, 0, 1, 1]
+
+
+def test_fgo_mask_keeps_everything_when_the_program_does_not_compile():
+    assert fgo_mask([3, 6, 6], "x =(\n ", 1, None, eos_index=2) == [1, 1, 1]
+
+
+def test_fgo_mask_drops_tokens_cut_off_the_program():
+    # "print(1)\n" is the program; "```" after it was cut (instruct prompts), so it is no line.
+    assert fgo_mask([9, 12], "print(1)\n", 1, frozenset({1}), eos_index=None) == [1, 0]
+
+
+# -------------------------------------------------------------- the trainer, tiny model ---
+
+def write_problems(path: Path, n: int = 6) -> Path:
+    probs = []
+    for i in range(n):
+        probs.append({"problem_id": i, "question": f"Read an integer n and print n + {i}.",
+                      "canonical_solution": f"n = int(input())\nif n > 0:\n    print(n + {i})\nelse:\n    print(n + {i})\n",
+                      "fn_name": None, "inputs": ["1\n", "-2\n", "5\n"], "outputs": [f"{1 + i}\n", f"{i - 2}\n", f"{5 + i}\n"],
+                      "starter_code": "", "difficulty": ["introductory", "interview", "competition"][i % 3]})
+        probs.append({"problem_id": 100 + i, "question": f"Return x times {i}.",
+                      "canonical_solution": f"def mul(x):\n    for _ in range(1):\n        pass\n    return x * {i}\n",
+                      "fn_name": "mul", "inputs": [[1], [2], [-3]], "outputs": [i, 2 * i, -3 * i],
+                      "starter_code": "def mul(x):\n", "difficulty": "introductory"})
+    path.write_text(json.dumps(probs))
+    return path
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    data = write_problems(tmp_path / "probs.json")
+    return ["--model", "tiny", "--data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run"),
+            "--sft-steps", "10", "--max-new-tokens", "48", "--problems-per-step", "3", "--samples-per-problem", "2",
+            "--minibatch-size", "3", "--seed", "1", *extra]
+
+
+def run_cli(args: list[str]):
+    return subprocess.run([sys.executable, str(ROOT / "stepcoder.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_ratio_is_one_on_the_first_minibatch(tmp_path):
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    cfg = stepcoder.Config(model="tiny", lora_r=4)
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    policy, value_head = stepcoder.add_adapter(model, cfg)
+    with torch.no_grad():  # make the adapter non-trivial, as after some updates
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    texts = [stepcoder.curriculum.build_prompt(p) + p.canonical_solution for p in problems[:6]]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    policy.eval()
+    with torch.no_grad():
+        old, _, _ = stepcoder.forward(policy, value_head, ids, am, 20, temperature=0.8)
+    policy.train()
+    mb = torch.tensor([4, 1, 3])  # a shuffled minibatch, as in the update
+    new, _, _ = stepcoder.forward(policy, value_head, ids[mb], am[mb], 20, temperature=0.8)
+    ratio = (new - old[mb]).exp()
+    assert new.requires_grad
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+
+
+def test_adapters_change_and_base_weights_do_not(tmp_path):
+    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "2", "--lr", "1e-2"))
+    _, policy, value_head = stepcoder.train(cfg)
+    from transformers import AutoModelForCausalLM
+    saved_base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base").state_dict()
+    base_now = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                for k, v in policy.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(saved_base[k], v) for k, v in base_now.items() if k in saved_base)
+    assert len([k for k in base_now if k in saved_base]) >= len(saved_base) - 1  # every base weight compared
+    lora_b = [v for k, v in policy.state_dict().items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero
+
+
+def test_4bit_tiny_path_loads_and_trains(tmp_path):
+    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "1", "--load-in-4bit"))
+    run_dir, policy, _ = stepcoder.train(cfg)
+    import bitsandbytes as bnb
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
+    proc = run_cli(tiny_args(tmp_path, "--steps", "2", "--eval"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward_mean", "pass_rate", "frac_compile_error", "kl", "approx_kl", "clipfrac", "entropy",
+                "pg_loss", "vf_loss", "explained_var", "stage_hist", "fgo_kept", "gen_tokens_per_s",
+                "t_generate", "t_score", "t_update"):
+        assert key in rows[-1]
+    assert -1.0 <= rows[-1]["reward_mean"] <= 1.0 and 0.0 < rows[-1]["fgo_kept"] <= 1.0
+    assert "step 2 | reward" in proc.stdout + proc.stderr  # the greppable line
+    assert json.loads((run / "eval_step2.json").read_text())["overall"]["n"] == 12
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base"), run / "checkpoint" / "adapter")
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "3"))
+    stepcoder.train(straight)
+    first = stepcoder.parse_config(tiny_args(tmp_path / "b", "--steps", "2", "--save-every", "1"))
+    stepcoder.train(first)
+    progress2 = json.loads((tmp_path / "b" / "run" / "checkpoint" / "progress.json").read_text())
+    stepcoder.train(stepcoder.parse_config(["--resume", str(tmp_path / "b" / "run"), "--steps", "3"]))
+    a = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3] and progress2["step"] == 2
+    for key in ("reward_mean", "pass_rate", "stage_hist"):  # same samples, same curriculum
+        assert a[2][key] == b[2][key]
+    assert a[2]["kl"] == pytest.approx(b[2]["kl"], abs=1e-4)  # same adapter and optimizer state
+    state_a = torch.load(tmp_path / "a" / "run" / "checkpoint" / "state.pt", weights_only=False)["optimizer"]
+    state_b = torch.load(tmp_path / "b" / "run" / "checkpoint" / "state.pt", weights_only=False)["optimizer"]
+    assert state_a["state"][0]["step"] == state_b["state"][0]["step"]
+    cur_a = json.loads((tmp_path / "a" / "run" / "checkpoint" / "progress.json").read_text())["curriculum"]
+    cur_b = json.loads((tmp_path / "b" / "run" / "checkpoint" / "progress.json").read_text())["curriculum"]
+    assert cur_a == cur_b
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--steps", "-1"], "--steps"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--data", "no/such/file.json"], "no/such/file.json"),
+    (["--bogus-flag"], "--bogus-flag"),
+    (["--model", "./no-such-model-dir"], "no-such-model-dir"),
+])
+def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, extra, needle):
+    args = tiny_args(tmp_path) + extra
+    if "--model" in extra:
+        args = [a for a in args if a != "tiny"]
+        args.remove("--model")
+    proc = run_cli(args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_bad_data_fails_with_one_line_naming_the_record(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"problem_id": 1, "question": "q", "canonical_solution": "print(1)\n",
+                                "fn_name": None, "inputs": ["1\n"], "outputs": [], "difficulty": "introductory"}]))
+    proc = run_cli(["--model", "tiny", "--data", str(bad), "--out", str(tmp_path / "run")])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.json" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    (tmp_path / "run").mkdir()
+    keep = tmp_path / "run" / "metrics.jsonl"
+    keep.write_text("precious\n")
+    proc = run_cli(tiny_args(tmp_path, "--steps", "1"))
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert keep.read_text() == "precious\n"
