@@ -297,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.id is not None:
-        match = [p for p in problems if str(p.problem_id) == args.id]
-        if not match:
-            print(f"error: no problem with id {args.id!r} in {args.data} (--stats lists the file)", file=sys.stderr)
-            return 2
+    match = [p for p in problems if str(p.problem_id) == args.id]
+    if args.id is not None and not match:
+        print(f"error: no problem with id {args.id!r} in {args.data} (--stats lists the file)", file=sys.stderr)
+        return 2
+    if match:
         print(show(match[0]))
     if args.stats or args.id is None:
         print(stats(problems))
