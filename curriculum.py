@@ -167,7 +167,7 @@ def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> lis
     for i, rec in enumerate(records):
         p = _record(rec, where := f"{path}: record {i}")
         if p is None and not skip_missing_solutions:
-            raise DataError(f"{where}: field 'canonical_solution': missing or empty (skip_missing_solutions skips)")
+            raise DataError(f"{where}: field 'canonical_solution': missing or empty (skip_missing_solutions=True skips it)")
         if p is None:
             skipped += 1
             continue

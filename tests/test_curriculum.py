@@ -346,30 +346,25 @@ class ChatTokenizer:
         return f"<user>{messages[0]['content']}</user><assistant>"
 
 
-def test_plain_prompt_stdin():
-    p = load_problems_from(GOOD)[0]
+def test_plain_prompt_stdin(tmp_path):
+    p = load_problems(write(tmp_path, GOOD))[0]
     text = build_prompt(p)
     assert text.startswith("write an algorithm in python:\nPrint n squared.\n")
     assert text.endswith("\n### Python solution:\n") and "function" not in text
 
 
-def test_plain_prompt_call_based_names_function_and_starter_code():
-    text = build_prompt(load_problems_from(GOOD)[1], tokenizer=object())   # no chat template -> plain
+def test_plain_prompt_call_based_names_function_and_starter_code(tmp_path):
+    text = build_prompt(load_problems(write(tmp_path, GOOD))[1], tokenizer=object())   # no chat template -> plain
     assert "`add`" in text and "```python\ndef add(a, b):\n```" in text and text.endswith("### Python solution:\n")
 
 
-def test_chat_prompt_wraps_instruction_and_opens_code_block():
-    tok, p = ChatTokenizer(), load_problems_from(GOOD)[1]
+def test_chat_prompt_wraps_instruction_and_opens_code_block(tmp_path):
+    tok, p = ChatTokenizer(), load_problems(write(tmp_path, GOOD))[1]
     text = build_prompt(p, tok)
     messages, gen, tokenize = tok.seen
     assert gen is True and tokenize is False and len(messages) == 1 and messages[0]["role"] == "user"
     assert messages[0]["content"].startswith("write an algorithm in python:\nAdd.") and "`add`" in messages[0]["content"]
     assert text.endswith("</user><assistant>```python\n")
-
-
-def load_problems_from(records):
-    return [Problem(r["problem_id"], r.get("question") or r["prompt"], r["canonical_solution"], r["fn_name"],
-                    r["inputs"], r["outputs"], r["starter_code"], r["difficulty"]) for r in records]
 
 
 # ---------------------------------------------------------------- command line
