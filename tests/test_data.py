@@ -20,7 +20,7 @@ ALL = TRAIN + TEST
 def test_every_canonical_solution_passes_in_the_sandbox():
     import sandbox
     results = sandbox.run_batch([(p.canonical_solution, p.tests) for p in ALL])
-    failing = [(p.problem_id, r.status) for p, r in zip(ALL, results) if r.status != "pass"]
+    failing = [(p.problem_id, r.status, getattr(r, "error", None)) for p, r in zip(ALL, results) if r.status != "pass"]
     assert failing == []
 
 
