@@ -55,7 +55,7 @@ Isolated, and what is not (Linux; measured on kernel 6.18, Landlock ABI 7, runni
   its call-based return value (they are written from its own process); it cannot see the
   expected outputs. Do not run untrusted code on a machine you care about with this alone.
 """
-import argparse, ast, atexit, ctypes, gc, json, linecache, math, mmap, os, pickle, re, resource
+import argparse, atexit, ctypes, gc, json, linecache, math, mmap, os, pickle, re, resource
 import select, selectors, shutil, signal, struct, subprocess, sys, tempfile, threading, time
 import traceback, types, warnings
 from dataclasses import asdict, dataclass, field
@@ -71,7 +71,7 @@ EXCERPT = 1000           # characters of stdout / stderr kept per test
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools",
-           "hashlib", "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string",
+           "heapq", "itertools", "math", "operator", "random", "re", "statistics", "string",
            "typing")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -100,6 +100,7 @@ class ExecResult:
 
 # ---------------------------------------------------------------- comparison (SPEC §2)
 _TRACER_MAY_CAUSE = re.compile(r"RecursionError|MemoryError|sandbox: killed by signal")  # a tracer adds frames
+_KEYWORD_LINE = re.compile(r"\s*(else|finally|try|except)\s*:")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -319,6 +320,11 @@ def _landlock_ruleset(home, abi, readable):
     return ruleset
 
 
+_CAP_HEADER = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+_CAP_READ = (ctypes.c_uint32 * 6)(4, 4, 4, 0, 0, 0)  # effective, permitted, inheritable: CAP_DAC_READ_SEARCH
+_CAP_NONE = (ctypes.c_uint32 * 6)()
+
+
 def _drop_privileges(uid, keep_read):
     """Root -> uid/gid `uid`, no groups. With keep_read (only under Landlock, which then confines reads)
     it keeps CAP_DAC_READ_SEARCH, also across exec: the interpreter may live under /root (mode 700)."""
@@ -326,9 +332,7 @@ def _drop_privileges(uid, keep_read):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
-    caps = 1 << 2 if keep_read else 0  # CAP_DAC_READ_SEARCH
-    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(caps, caps, caps, 0, 0, 0)
-    if _LIBC.capset(header, data) != 0:
+    if _LIBC.capset(_CAP_HEADER, _CAP_READ if keep_read else _CAP_NONE) != 0:
         raise OSError(ctypes.get_errno(), "capset")
     if keep_read:
         _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
@@ -429,7 +433,7 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
         if run[0] != "ok":
             break
     hit = {i for i, b in enumerate(cov[:] if cov is not None else b"") if b}
-    return {"runs": runs, "lines": sorted(_statement_lines(code, hit) if hit else ())}
+    return {"runs": runs, "lines": sorted(_statement_lines(program, code, hit) if hit else ())}
 
 
 def _run_one(code, program, inp, fn_name, limit, trace, ctx):
@@ -476,7 +480,10 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
             return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {how}", None)
         return ("ok", seconds, out, err, value)
     finally:
-        shutil.rmtree(cwd, ignore_errors=True)
+        try:
+            os.rmdir(cwd)  # the usual case: the test left nothing
+        except OSError:
+            shutil.rmtree(cwd, ignore_errors=True)
 
 
 def _reap_all():
@@ -534,7 +541,6 @@ def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
         # buffers), now on fds 0-2: exactly a real process's streams with input and output redirected.
         sys.argv = [FILENAME]
         linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
-        sys.modules["random"].seed()
         if trace is not None:
             _trace_lines(trace[0], program, time.monotonic() + trace[1])
         status = _run_main(program, inp, fn_name)
@@ -616,28 +622,28 @@ def _trace_lines(buf, program, stop_at):
     sys.settrace(tracer)
 
 
-def _statement_lines(code, hit):
-    """Widen raw line events to statements (departure 4): multi-line statements, else:/finally:/try:."""
-    lines, text = set(hit), code.splitlines()
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return lines
-    for node in (n for n in ast.walk(tree) if isinstance(n, ast.stmt)):
-        if not hasattr(node, "body"):
-            span = range(node.lineno, node.end_lineno + 1)
-            if hit.intersection(span):
-                lines.update(span)
-        if isinstance(node, (ast.Try, ast.TryStar)) and node.body[0].lineno in lines:
-            lines.add(node.lineno)
-        for block, keyword in (("orelse", "else"), ("finalbody", "finally")):
-            stmts = getattr(node, block, None)
-            if not stmts or stmts[0].lineno not in lines:
-                continue
-            first = stmts[0].lineno  # the keyword is on the block's first line or between it and the block before
-            before = max((c.end_lineno for c in ast.iter_child_nodes(node) if isinstance(c, (ast.stmt, ast.excepthandler))
-                          and c.end_lineno < first), default=node.lineno)
-            lines.update(n for n in range(before + 1, first + 1) if re.match(rf"\s*{keyword}\s*:", text[n - 1]))
+def _statement_lines(program, code, hit):
+    """Widen raw line events (departure 4). A code line on which no instruction starts (a closing
+    bracket, a continued string or signature) ran if the innermost multi-line span holding it began
+    on a line that ran; a bare `else:`/`finally:`/`try:`/`except:` line ran if the next code line did."""
+    spans, starts, todo = set(), set(), [program]
+    while todo:
+        c = todo.pop()
+        todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+        for start, end, _, _ in c.co_positions():
+            starts.add(start)
+            if start and end and end > start:
+                spans.add((start, end))
+    text, lines = code.splitlines(), set(hit)
+    real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]
+    for n, following in zip(real, real[1:] + [0]):
+        if _KEYWORD_LINE.match(text[n - 1]):
+            if following in hit:
+                lines.add(n)
+        elif n not in starts:
+            inner = min((s for s in spans if s[0] < n <= s[1]), key=lambda s: s[1] - s[0], default=(0, 0))
+            if inner[0] in hit:
+                lines.add(n)
     return lines
 
 
