@@ -605,7 +605,7 @@ def _trace_lines(buf, program, stop_at):
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
             todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
         return
-    events, clock = [0], time.monotonic  # 3.11: sys.settrace, switched off at stop_at
+    events, clock, left = [0], time.monotonic, {}  # 3.11: sys.settrace, off at stop_at; `left`: lines not yet seen
 
     def tracer(frame, event, arg):
         events[0] += 1
@@ -613,11 +613,16 @@ def _trace_lines(buf, program, stop_at):
             sys.settrace(None)
             threading.settrace(None)
             return None
-        if frame.f_code.co_filename != FILENAME:
+        code = frame.f_code
+        if code.co_filename != FILENAME:
             return None
+        todo = left.get(code)
+        if todo is None:
+            todo = left[code] = {n for _, _, n in code.co_lines() if n and n != code.co_firstlineno}
         if event == "line" and 0 <= frame.f_lineno < size:
             buf[frame.f_lineno] = 1
-        return tracer
+            todo.discard(frame.f_lineno)
+        return tracer if todo else None  # a code object whose lines all ran is traced no more
     threading.settrace(tracer)
     sys.settrace(tracer)
 
