@@ -68,6 +68,7 @@ class Config:
     overwrite: bool = field(default=False, metadata={"help": "delete an existing run directory and start again"})
     steps: int = field(default=100, metadata={"help": "total PPO steps of the run"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
+    show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
     eval: bool = field(default=False, metadata={"help": "pass@1 on --test-data after the warm start and at the end"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     # --- SFT warm start ------------------------------------------------------------------
@@ -106,7 +107,7 @@ class Config:
 # `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
 TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
                      steps=30, lr=5e-4, problems_per_step=8, samples_per_problem=4,
-                     minibatch_size=8, gen_batch_size=32, timeout=2.0, lora_r=16)
+                     minibatch_size=8, gen_batch_size=32, timeout=2.0, lora_r=16, eval_temperature=0.0)
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
 
@@ -361,6 +362,18 @@ def program_text(gen_text: str, chat: bool) -> str:
     return gen_text.split("```")[0] if chat else gen_text
 
 
+def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result) -> str:
+    """A rollout as a student should see it: the canonical prefix (prompt, no gradient), then the
+    generated tokens, with the ones FGO masks out of the policy loss inside ⟦ ⟧."""
+    marked = "".join(p if keep else f"⟦{p}⟧" for p, keep in zip(pieces, mask))
+    lines = (prefix + marked).splitlines() or [""]
+    n_prefix = prefix.count("\n")
+    body = "\n".join(f"{i:4d} {'|' if i <= n_prefix else '+'} {line}" for i, line in enumerate(lines, 1))
+    return (f"--- problem {problem.problem_id} | stage {stage} | {result.status} | reward {result.reward:+.1f} | "
+            f"executed lines {sorted(result.executed_lines)}\n"
+            f"(lines marked | are the canonical prefix of the stage, + are generated; ⟦masked by FGO⟧)\n{body}")
+
+
 def score(programs: list[str], problems: list, cfg: Config) -> list:
     return sandbox.run_batch([(code, p.tests) for code, p in zip(programs, problems)],
                              timeout=cfg.timeout, progress=True)
@@ -441,8 +454,12 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def train(cfg: Config):
     """The whole run; returns (run directory, policy, value head) for tests and notebooks."""
+    import logging, warnings
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar(), hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar(), hf_logging.set_verbosity_error(), hub_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = curriculum.load_problems(cfg.data)
     test_problems = curriculum.load_problems(cfg.test_data) if cfg.eval else []
@@ -484,6 +501,7 @@ def train(cfg: Config):
         batch = [p for p in rng.sample(problems, min(cfg.problems_per_step, len(problems)))
                  for _ in range(cfg.samples_per_problem)]
         prefixes = [cur.prefix(p.problem_id) for p in batch]
+        stages = [cur.stage(p.problem_id) for p in batch]
         prompt_ids, prompt_mask = tokenize_prompts(
             tok, [curriculum.build_prompt(p, tok) + pre for p, pre in zip(batch, prefixes)], cfg, device)
 
@@ -499,8 +517,8 @@ def train(cfg: Config):
         t0 = time.time()
         results = score([pre + code for pre, code in zip(prefixes, gen_code)], batch, cfg)
         t_score = time.time() - t0
-        for p, r in zip(batch, results):
-            cur.update(p.problem_id, r.status == "pass")
+        for p, r, stage in zip(batch, results, stages):  # rollouts from a stage already left are ignored
+            cur.update(p.problem_id, r.status == "pass", stage=stage)
 
         # 5. The masking convention. The tensors below hold generated tokens only (G columns):
         #    the prompt and the canonical prefix are never actions, so they never enter a loss.
@@ -516,6 +534,10 @@ def train(cfg: Config):
                 eos = n - 1 if b_resp[i, n - 1] == tok.eos_token_id else None
                 executed = None if r.status == "compile_error" else r.executed_lines
                 b_fgo[i, :n] = torch.tensor(fgo_mask(ends, code, pre.count("\n") + 1, executed, eos))
+        for i in range(min(cfg.show_rollouts, N)):
+            ends = decoded[i][1]
+            pieces = [decoded[i][0][a:b] for a, b in zip([0] + ends[:-1], ends)]
+            tqdm.write(show_rollout(batch[i], stages[i], prefixes[i], pieces, b_fgo[i].tolist(), results[i]))
         b_ids = torch.cat([prompt_ids, b_resp], 1)                                     # (N, P+G)
         b_attn = torch.cat([prompt_mask, b_mask.long()], 1)                            # (N, P+G)
         b_scores = torch.tensor([r.reward for r in results], device=device)           # (N,)
