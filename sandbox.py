@@ -18,7 +18,7 @@ survives a kill. Outputs are compared in the caller: workers never see expected 
 Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
-2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.5 s, timeout/4):
+2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10):
    3.12's sys.monitoring reports each line once (DISABLE): cost bounded by the program's size;
    3.11's sys.settrace turns itself off after b s (coverage then covers that part). Killed at
    `timeout + b`: a timeout anyway. Done after `timeout`, or crashed in a way a tracer can cause
@@ -36,10 +36,10 @@ Departures from the paper / the APPS harness, and why:
 Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
 - Each test: a new session; at its end all it started is SIGKILLed and reaped, whatever it does
   with signals. Per process: 1 GiB address space, CPU seconds, 16 MiB per file, no core files.
-- As root: uid = gid = 61000 + worker, no groups, 16 processes + threads; it cannot signal or ptrace
-  your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads (pyenv may sit
-  under /root, mode 700). Not root: it runs as you, with no process limit (RLIMIT_NPROC would
-  count all your processes): a fork bomb lives until the deadline.
+- As root: uid = gid = 61000 + worker pid % 4500, no groups, 16 processes + threads; it cannot
+  signal or ptrace your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads
+  (pyenv may sit under /root, mode 700). Not root: it runs as you, with no process limit
+  (RLIMIT_NPROC would count all your processes): a fork bomb lives until the deadline.
 - Landlock ABI >= 1: writes only beneath the worker's temp dir (and /dev/null); reads only there,
   the Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not your
   repo or data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets
@@ -58,7 +58,7 @@ FILENAME = "<solution>"  # every program is compiled under this name: its line n
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 RANK = {"compile_error": 0, "runtime_error": 1, "timeout": 1, "wrong_answer": 2, "pass": 3}  # worst wins
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
-SANDBOX_UID = 61000  # as root, worker i runs its tests as uid = gid = SANDBOX_UID + i
+SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -278,7 +278,7 @@ def _serve(index):
         __import__(name)
     gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
     root, abi, home = os.geteuid() == 0, landlock_abi(), tempfile.mkdtemp(prefix=f"sandbox-{index}-")
-    uid = SANDBOX_UID + index if root else None
+    uid = SANDBOX_UID + os.getpid() % 4500 if root else None  # not shared with other pools' workers
     os.chmod(home, 0o711)  # each test gets a fresh cwd in here
     files = [os.open(home, os.O_TMPFILE | os.O_RDWR, 0o600) for _ in range(4)]  # stdin, stdout, stderr, value
     for fd in files[:3] if root else []:
@@ -306,7 +306,7 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None
-    budget, runs = min(0.5, timeout / 4), []
+    budget, runs = min(0.1, timeout / 10), []
     for inp in inputs:
         run = _run_one(code, program, inp, fn_name, timeout + budget if cov else timeout, cov and (cov, budget), ctx)
         late, crashed = run[0] == "ok" and run[1] > timeout, run[0] == "runtime_error"
