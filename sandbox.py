@@ -71,6 +71,7 @@ _LIBC.syscall.restype = ctypes.c_long
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest test class
     verdict: str  # pass / wrong_answer / runtime_error / timeout
     seconds: float
     stdout: str = ""  # excerpt
