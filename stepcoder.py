@@ -134,7 +134,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         if not saved.exists():
             raise UsageError(f"--resume {given['resume']}: no config.json there; give the run directory of an earlier run")
         cfg = Config(**{**json.loads(saved.read_text()), **{k: v for k, v in given.items()
-                        if k in ("steps", "eval", "save_every", "test_data", "resume")}})
+                        if k in ("steps", "eval", "save_every", "test_data", "resume", "show_rollouts")}})
     else:
         tiny = TINY_DEFAULTS if given.get("model", Config.model) == "tiny" else {}
         cfg = Config(**{**tiny, **given})
