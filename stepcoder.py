@@ -87,7 +87,8 @@ class Config:
     eval_top_p: float = field(default=0.95, metadata={"help": "evaluation nucleus sampling"})
     timeout: float = field(default=4.0, metadata={"help": "seconds per unit test in the sandbox"})
     # --- PPO -----------------------------------------------------------------------------
-    lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate (adapter and value head)"})
+    lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the adapter"})
+    vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: it must catch up fast)"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
     minibatch_size: int = field(default=4, metadata={"help": "sequences per gradient step"})
     clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip (Eq. 1)"})
@@ -119,7 +120,8 @@ class UsageError(Exception):
 def parse_config(argv: list[str] | None = None) -> Config:
     """Every Config field is a flag; `--model tiny` changes the defaults the user did not set."""
     parser = argparse.ArgumentParser(description="StepCoder, small: PPO + CCCS + FGO.",
-                                     argument_default=argparse.SUPPRESS)
+                                     argument_default=argparse.SUPPRESS,
+                                     epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -482,7 +484,8 @@ def train(cfg: Config):
     if cfg.model != "tiny" and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
         warm_start(policy, tok, problems, cfg, rng, device)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([{"params": params[:-2], "lr": cfg.lr}, {"params": params[-2:], "lr": cfg.vf_lr}],
+                                  eps=1e-5, weight_decay=0.0)
     cur = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
     start = 0
     if resuming:
