@@ -107,7 +107,7 @@ class Config:
 
 # `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
 TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
-                     steps=30, lr=5e-4, problems_per_step=8, samples_per_problem=4,
+                     steps=30, lr=2e-4, problems_per_step=8, samples_per_problem=4,
                      minibatch_size=8, gen_batch_size=32, timeout=2.0, lora_r=16, eval_temperature=0.0)
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
