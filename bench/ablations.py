@@ -33,13 +33,42 @@ def tiny_flags(steps: int) -> list[str]:
     return flags
 
 
+def plot(results: dict, seeds: list, png: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("reward", "pass_rate")):
+        for name, runs in results.items():
+            curves = [r[key] for r in runs]
+            mean = [statistics.mean(c[i] for c in curves) for i in range(len(curves[0]))]
+            smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
+            ax.plot(range(1, len(mean) + 1), smooth, label=name)
+        ax.set(xlabel="PPO step", ylabel=f"rollout {key}")
+    axes[0].legend()
+    fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
+                 "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"curves: {png}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from OUT/results.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((Path(args.out) / "results.json").read_text()), args.seeds, args.png)
+        return 0
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
     shutil.rmtree(out, ignore_errors=True)
     results = {name: [] for name in SETTINGS}
@@ -67,27 +96,7 @@ def main() -> int:
         last = [statistics.mean(r["reward"][-5:]) for r in runs]
         print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
               f"{cell([r['after'] - r['before'] for r in runs])} | {statistics.mean(first):+.3f} -> {statistics.mean(last):+.3f} |")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
-        return 0
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("reward", "pass_rate")):
-        for name, runs in results.items():
-            curves = [r[key] for r in runs]
-            mean = [statistics.mean(c[i] for c in curves) for i in range(len(curves[0]))]
-            smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
-            ax.plot(range(1, len(mean) + 1), smooth, label=name)
-        ax.set(xlabel="PPO step", ylabel=f"rollout {key} (mean over seeds, 5-step moving average)")
-    axes[0].legend()
-    fig.suptitle(f"tiny model, bundled train problems, seeds {args.seeds}")
-    fig.tight_layout()
-    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.png, dpi=110)
-    print(f"curves: {args.png}")
+    plot(results, args.seeds, args.png)
     return 0
 
 
