@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import json
 import math
 import os
@@ -353,11 +354,7 @@ def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
     if "".join(pieces) != text:  # e.g. a character split across tokens: decode growing prefixes
         pieces = [tok.decode(ids[:k + 1], skip_special_tokens=True) for k in range(len(ids))]
         return text, [len(p) for p in pieces]
-    ends, n = [], 0
-    for p in pieces:
-        n += len(p)
-        ends.append(n)
-    return text, ends
+    return text, list(itertools.accumulate(len(p) for p in pieces))
 
 
 def program_text(gen_text: str, chat: bool) -> str:
