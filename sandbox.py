@@ -3,60 +3,51 @@
     python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
 
-Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's
-setting, SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile
-error, the worst outcome over the tests wins; and the line coverage that FGO (§3.3, SPEC §4) masks
-the policy loss with: `executed_lines`, the 1-based lines of `code` that ran.
-
-How: warm workers (`python -c` processes that import only this module: no torch; started on first
-use, cached) compile a program once and fork a fresh child per test: new session, rlimits, fresh
-cwd, ENV environment, stdio on real files, unprivileged uid (as root), Landlock; the code object
-then runs as `__main__`. At the deadline the worker SIGKILLs the child's process group; a child
-subreaper, it kills and reaps all the test left. The tracer writes coverage to a shared mmap, which
-survives a kill. Outputs are compared in the caller: workers never see expected outputs.
+Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
+SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile error, the worst
+over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`.
+How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
+contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
+a kill. Outputs are compared in the caller: workers never see expected outputs.
 
 Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
-2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10):
-   3.12's sys.monitoring reports each line once (DISABLE): cost bounded by the program's size;
-   3.11's sys.settrace turns itself off after b s (coverage then covers that part). Killed at
-   `timeout + b`: a timeout anyway. Done after `timeout`, or crashed in a way a tracer can cause
-   (RecursionError, MemoryError, a signal): re-run untraced, and that run is the verdict.
-3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-
-   casing or set comparison (false passes). Call-based: `==`, tuples as lists, floats within 1e-6,
-   APPS's `[value]` for `value`.
-4. `executed_lines`: lines with a line event, plus a bare `else:`/`try:`/`finally:`/`except:` whose
-   block ran. A line holding only a closing bracket or the middle of a string has no event.
+2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
+   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace turns itself
+   off after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`, or crashed as a tracer
+   can cause (RecursionError, MemoryError, a signal): re-run untraced, and that run is the verdict.
+3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
+   set comparison (false passes). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
+4. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
+   `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
 5. Per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
 6. Workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
-7. At exit the child does what CPython does: join non-daemon threads, run atexit, flush stdio (a
-   failed flush is status 120), then free the module's globals, which flushes forgotten files.
+7. At exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
+   then free the module's globals, which flushes forgotten files.
 
 Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
-- Each test: a new session; at its end all it started is SIGKILLed and reaped, whatever it does
-  with signals. Per process: 1 GiB address space, CPU seconds, 16 MiB per file, no core files.
-- As root: uid = gid = 61000 + worker pid % 4500, no groups, 16 processes + threads; it cannot
-  signal or ptrace your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads
-  (pyenv may sit under /root, mode 700). Not root: it runs as you, with no process limit
-  (RLIMIT_NPROC would count all your processes): a fork bomb lives until the deadline.
-- Landlock ABI >= 1: writes only beneath the worker's temp dir (and /dev/null); reads only there,
-  the Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not your
-  repo or data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets
-  of, processes outside (else, not root, it may signal yours). Missing levels: warned once.
-- NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup);
-  disk space in the temp dir; the kernel (no seccomp); CPU shared with other tests. A program can
-  forge its coverage and call-based return value (written from its own process), but it cannot
-  see expected outputs. A reward harness, not a jail for hostile code.
+- Each test: a new session, fresh cwd, ENV environment, stdio on real files; at its end all it started is
+  SIGKILLed and reaped (the worker is a child subreaper), whatever it does with signals. Per process:
+  1 GiB address space, CPU seconds, 16 MiB per file, no core files.
+- As root: uid = gid = 61000 + worker pid % 4500, no groups, 16 processes + threads; it cannot signal or
+  ptrace your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads (pyenv may sit
+  under /root, mode 700). Not root: it runs as you, with no process limit (RLIMIT_NPROC would count all
+  your processes): a fork bomb lives until the deadline.
+- Landlock ABI >= 1: writes only beneath the worker's temp dir (and /dev/null); reads only there, the
+  Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not your repo or
+  data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets of, processes
+  outside (else, not root, it may signal yours). Missing levels: warned once.
+- NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup); disk space
+  in the temp dir; the kernel (no seccomp); CPU shared with other tests. A program can forge its coverage
+  and call-based return value, but cannot see expected outputs. A reward harness, not a jail for hostile code.
 """
-import argparse, atexit, contextlib, ctypes, gc, json, linecache, math, mmap, os, pickle, re, resource
-import select, selectors, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types
-import warnings
+import argparse, atexit, contextlib, ctypes, gc, json, linecache, math, mmap, os, pickle, re, resource, select
+import selectors, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 from dataclasses import asdict, dataclass, field
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
-RANK = {"compile_error": 0, "runtime_error": 1, "timeout": 1, "wrong_answer": 2, "pass": 3}  # worst wins
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
 SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
@@ -185,7 +176,7 @@ def _judge(raw, tests) -> ExecResult:
                 ok = False
             kind = "pass" if ok else "wrong_answer"
         details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:]))
-    status = min((d.verdict for d in details), key=RANK.__getitem__)
+    status = min((d.verdict for d in details), key=REWARDS.__getitem__)  # the worst wins
     passed = sum(d.verdict == "pass" for d in details)
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details)
 
@@ -198,9 +189,7 @@ def _spawn(index):
 
 class _Pool:
     """This process's one pool: module state, made on first use, closed at exit."""
-
-    def __init__(self):
-        self.lock, self.workers, self.owner = threading.Lock(), [], None
+    lock, workers, owner = threading.Lock(), [], None
 
     def start(self, n):
         if self.owner != os.getpid():  # first use, or a fork of the process that made the pool
@@ -226,8 +215,7 @@ def _syscall(number, a=0, b=0, c=0, d=0, call=_LIBC.syscall):
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return r
 
-def _prctl(option, arg2, arg3=0):
-    return _syscall(option, arg2, arg3, call=_LIBC.prctl)
+_prctl = lambda *args: _syscall(*args, call=_LIBC.prctl)
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 where Landlock is missing or disabled."""
@@ -256,27 +244,13 @@ def _landlock_ruleset(home, abi):
 
 _CAPS = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(4, 4, 4), (ctypes.c_uint32 * 6)()
 
-def _drop_privileges(uid, keep_read):
-    """Root -> uid/gid `uid`, no groups, no capabilities but, if keep_read, CAP_DAC_READ_SEARCH
-    (ambient too, so it survives exec): the interpreter may live under /root (mode 700)."""
-    _prctl(8, 1)  # PR_SET_KEEPCAPS
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-    if _LIBC.capset(_CAPS[0], _CAPS[1] if keep_read else _CAPS[2]) != 0:  # effective, permitted, inheritable
-        raise OSError(ctypes.get_errno(), "capset")
-    if keep_read:
-        _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
-    _prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
-
 # ---------------------------------------------------------------- the worker: a warm parent
 def _serve(index):
     """Worker main loop: a job in on fd 0, its result out on fd 1 (8-byte length, pickle), until EOF."""
     _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test become our children
     jobs, results, null = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"), os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0), os.dup2(null, 1)  # sys.std* themselves stay untouched: each child inherits them
-    for name in PRELOAD:
-        __import__(name)
+    list(map(__import__, PRELOAD))
     gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
     root, abi, home = os.geteuid() == 0, landlock_abi(), tempfile.mkdtemp(prefix=f"sandbox-{index}-")
     uid = SANDBOX_UID + os.getpid() % 4500 if root else None  # not shared with other pools' workers
@@ -339,15 +313,20 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
         start, pid = time.perf_counter(), os.fork()
         if pid == 0:
             _child(code, program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
-        poll, pidfd = select.poll(), os.pidfd_open(pid)
-        poll.register(pidfd, select.POLLIN)
-        timed_out, seconds = not poll.poll(limit * 1000), time.perf_counter() - start
+        pidfd = os.pidfd_open(pid)
+        timed_out, seconds = not select.select([pidfd], [], [], limit)[0], time.perf_counter() - start
         os.close(pidfd)
         for kill in (os.killpg, os.kill):  # the whole group, whatever it does with signals
             with contextlib.suppress(ProcessLookupError):
                 kill(pid, signal.SIGKILL)
         status = os.waitpid(pid, 0)[1]
-        _reap_all()
+        with contextlib.suppress(ChildProcessError):  # until none is left, not even a zombie:
+            while True:  # SIGKILL and reap all left under this worker (a subreaper: orphans come to us)
+                with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:  # CONFIG_PROC_CHILDREN
+                    for orphan in f.read().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(orphan), signal.SIGKILL)
+                os.waitpid(-1, 0)
         out = os.pread(fds[1], OUTPUT_BYTES, 0).decode("utf-8", "replace")
         err = os.pread(fds[2], 4 * EXCERPT, max(0, os.fstat(fds[2]).st_size - 4 * EXCERPT)).decode("utf-8", "replace")
         value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if fn_name else None
@@ -359,25 +338,7 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
             return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {full}{how}", None)
         return ("ok", seconds, out, err, value)
     finally:
-        try:
-            os.rmdir(cwd)  # the usual case: the test left nothing
-        except OSError:
-            shutil.rmtree(cwd, ignore_errors=True)
-
-def _reap_all():
-    """SIGKILL and reap every process left under this worker (a subreaper: orphans come to us)."""
-    me = os.getpid()
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0]:
-                continue
-        except ChildProcessError:
-            return  # nothing left, not even a zombie
-        with open(f"/proc/{me}/task/{me}/children") as f:  # CONFIG_PROC_CHILDREN: distro kernels have it
-            for pid in f.read().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        os.waitpid(-1, 0)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
     """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
@@ -385,7 +346,8 @@ def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
     status = 1
     try:
         os.setsid()
-        keep = ctx["files"] + ([ctx["ruleset"]] if ctx["ruleset"] is not None else [])
+        keep_read = ctx["ruleset"] is not None
+        keep = ctx["files"] + [ctx["ruleset"]] * keep_read
         for target, fd in enumerate(keep):
             os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, 3 the returned value, 4 the Landlock ruleset
         os.closerange(len(keep), 1 << 20)  # the worker's pipes and all else
@@ -393,17 +355,23 @@ def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
         for res, value in limits:
             with contextlib.suppress(ValueError):  # not root, hard limit lower: that one holds already
                 resource.setrlimit(res, (value, value + (res == resource.RLIMIT_CPU)))
-        if ctx["uid"] is not None:
-            _drop_privileges(ctx["uid"], keep_read=ctx["ruleset"] is not None)
-        if ctx["ruleset"] is not None:
+        if (uid := ctx["uid"]) is not None:  # drop root, as the docstring says (CAP_DAC_READ_SEARCH: ambient too)
+            _prctl(8, 1)  # PR_SET_KEEPCAPS
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            if _LIBC.capset(_CAPS[0], _CAPS[1 if keep_read else 2]) != 0:  # effective, permitted, inheritable
+                raise OSError(ctypes.get_errno(), "capset")
+            keep_read and _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
+            _prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
+        if keep_read:
             _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS, then landlock_restrict_self
             _syscall(446, 4, 0)
             os.close(4)
         os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the rest of the environment is ENV
         tempfile.tempdir, sys.path[:], sys.argv = None, [cwd] + ctx["path"], [FILENAME]
         linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
-        # sys.stdin/stdout/stderr are those CPython made when the worker started, unused, now on fds
-        # 0-2: a real process's streams, redirected.
+        # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
         module = sys.modules["__main__"] = types.ModuleType("__main__")
         module.__file__, status = FILENAME, 0
         if trace:
@@ -444,7 +412,6 @@ def _trace_lines(buf, program, stop_at):
     """buf[line] = 1 for each line of the program that runs (cost: departure 2)."""
     if hasattr(sys, "monitoring"):  # 3.12+: each line reported once, then DISABLEd
         mon, todo = sys.monitoring, [program]
-
         def line(code, n):
             if n < len(buf):
                 buf[n] = 1
@@ -457,18 +424,15 @@ def _trace_lines(buf, program, stop_at):
             todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
         return
     events = [0]  # 3.11: sys.settrace, switched off at stop_at
-
     def tracer(frame, event, arg):
         events[0] += 1
         if events[0] & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
-            return None
-        if frame.f_code.co_filename != FILENAME:
-            return None
-        if event == "line" and frame.f_lineno < len(buf):
-            buf[frame.f_lineno] = 1
-        return tracer
+        elif frame.f_code.co_filename == FILENAME:  # else None: not traced further
+            if event == "line" and frame.f_lineno < len(buf):
+                buf[frame.f_lineno] = 1
+            return tracer
     threading.settrace(tracer)
     sys.settrace(tracer)
 
@@ -482,7 +446,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=4.0, help="seconds per test (default 4)")
     p.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
     p.add_argument("--show-coverage", action="store_true", help="print the program, executed lines marked")
-    p.error = lambda msg: _die(f"{msg}; usage: {usage}")
+    die = lambda msg: p.exit(2, f"sandbox.py: error: {msg}\n")  # one line, status 2
+    p.error = lambda msg: die(f"{msg}; usage: {usage}")
     args = p.parse_args(argv)
     try:
         from curriculum import load_problems  # the project's validated loader (APPS+ and APPS layouts)
@@ -493,7 +458,7 @@ def main(argv=None):
             raise ValueError(f"no problem with id {args.id!r} in {args.data} (some ids: {', '.join(list(problems)[:5])})")
         result = run_tests(code, problems[args.id].tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
-        _die(str(e))
+        die(str(e))
     if args.json:
         return print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines)}, indent=1))
     for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):  # + ran, - never ran
@@ -501,10 +466,6 @@ def main(argv=None):
     for i, d in enumerate(result.details, 1):
         print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s" + (f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""))
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
-
-def _die(msg):
-    print(f"sandbox.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 if __name__ == "__main__":
     main()
