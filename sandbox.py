@@ -14,9 +14,10 @@ Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
-   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace turns itself
-   off after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`, or crashed as a tracer
-   can cause (RecursionError, MemoryError, a signal): re-run untraced, and that run is the verdict.
+   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
+   whose lines all ran and turns itself off after b s. Killed at `timeout + b`: a timeout anyway. Done after
+   `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced,
+   and that run is the verdict.
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
 4. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
@@ -320,8 +321,8 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
             with contextlib.suppress(ProcessLookupError):
                 kill(pid, signal.SIGKILL)
         status = os.waitpid(pid, 0)[1]
-        with contextlib.suppress(ChildProcessError):  # until none is left, not even a zombie:
-            while True:  # SIGKILL and reap all left under this worker (a subreaper: orphans come to us)
+        with contextlib.suppress(ChildProcessError):  # raised once none is left, not even a zombie (usually
+            while os.waitpid(-1, os.WNOHANG):  # at once); else SIGKILL, reap all left (orphans come to us)
                 with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:  # CONFIG_PROC_CHILDREN
                     for orphan in f.read().split():
                         with contextlib.suppress(ProcessLookupError):
@@ -338,7 +339,10 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
             return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {full}{how}", None)
         return ("ok", seconds, out, err, value)
     finally:
-        shutil.rmtree(cwd, ignore_errors=True)
+        try:
+            os.rmdir(cwd)  # usually empty
+        except OSError:
+            shutil.rmtree(cwd, ignore_errors=True)
 
 def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
     """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
@@ -423,16 +427,21 @@ def _trace_lines(buf, program, stop_at):
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
             todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
         return
-    events = [0]  # 3.11: sys.settrace, switched off at stop_at
+    events, left = [0], {}  # 3.11: sys.settrace, off at stop_at; left[code]: its lines yet to run
     def tracer(frame, event, arg):
         events[0] += 1
         if events[0] & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
-        elif frame.f_code.co_filename == FILENAME:  # else None: not traced further
-            if event == "line" and frame.f_lineno < len(buf):
-                buf[frame.f_lineno] = 1
-            return tracer
+        elif (code := frame.f_code).co_filename == FILENAME:  # else None: not traced further
+            if (todo := left.get(code)) is None:  # the def line runs in the enclosing code
+                todo = left[code] = {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno}
+            if event == "line" and (n := frame.f_lineno) < len(buf):
+                buf[n] = 1
+                todo.discard(n)
+            if todo:
+                return tracer
+            frame.f_trace = None  # all its lines ran: this code object is traced no more
     threading.settrace(tracer)
     sys.settrace(tracer)
 

@@ -184,6 +184,22 @@ def test_executed_lines_count_bare_keywords_of_blocks_that_ran():
     assert run1(code, "", "3").executed_lines == {1, 2, 5, 6, 7, 8}  # `except:` block never ran
 
 
+def test_executed_lines_first_reached_in_a_later_call_or_iteration():
+    code = """\
+        def f(x):
+            if x < 3:
+                return 0
+            return 1
+        total = 0
+        for i in range(5):
+            total += f(i)
+            if i == 4:
+                total += 10
+        print(total)
+        """  # `return 1` first runs in the 4th call, `total += 10` in the last iteration
+    assert run1(code, "", "12").executed_lines == set(range(1, 11))
+
+
 def test_coverage_survives_a_timeout_kill():
     r = run1("x = 0\nwhile True:\n    x += 1\n", timeout=1.0)
     assert r.status == "timeout" and r.executed_lines == {1, 2, 3}
