@@ -256,6 +256,7 @@ def _serve(index):
     root, abi, home = os.geteuid() == 0, landlock_abi(), tempfile.mkdtemp(prefix=f"sandbox-{index}-")
     uid = SANDBOX_UID + os.getpid() % 4500 if root else None  # not shared with other pools' workers
     os.chmod(home, 0o711)  # each test gets a fresh cwd in here
+    tempfile.tempdir, sys.argv = None, [FILENAME]  # as the children see them (TMPDIR: their cwd)
     files = [os.open(home, os.O_TMPFILE | os.O_RDWR, 0o600) for _ in range(4)]  # stdin, stdout, stderr, value
     for fd in files[:3] if root else []:
         os.fchown(fd, uid, uid)  # so /dev/stdin, /dev/stdout reopen as in a real process
@@ -281,6 +282,7 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
         program = compile(code, FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
+    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None
     budget, runs = min(0.1, timeout / 10), []
     for inp in inputs:
@@ -311,6 +313,7 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
     try:
         if ctx["uid"] is not None:
             os.chown(cwd, ctx["uid"], ctx["uid"])
+        os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the child's environment: ENV and these
         start, pid = time.perf_counter(), os.fork()
         if pid == 0:
             _child(code, program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
@@ -372,9 +375,7 @@ def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
             _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS, then landlock_restrict_self
             _syscall(446, 4, 0)
             os.close(4)
-        os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the rest of the environment is ENV
-        tempfile.tempdir, sys.path[:], sys.argv = None, [cwd] + ctx["path"], [FILENAME]
-        linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
+        sys.path[:] = [cwd] + ctx["path"]  # HOME, TMPDIR, argv, linecache: set in the worker
         # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
         module = sys.modules["__main__"] = types.ModuleType("__main__")
         module.__file__, status = FILENAME, 0
