@@ -304,15 +304,13 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
     ctx["tests"] += 1
     cwd, fds = os.path.join(ctx["home"], str(ctx["tests"])), ctx["files"]
     os.mkdir(cwd, 0o700)
-    for fd in fds:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
+    for fd in fds:  # emptied, at offset 0
+        os.ftruncate(fd, 0), os.lseek(fd, 0, os.SEEK_SET)
     if fn_name is None:
         os.pwrite(fds[0], inp.encode(), 0)
     limits = ctx["limits"] + [(resource.RLIMIT_CPU, math.ceil(limit) + 1)]  # SIGXCPU, then SIGKILL 1 s later
     try:
-        if ctx["uid"] is not None:
-            os.chown(cwd, ctx["uid"], ctx["uid"])
+        ctx["uid"] is None or os.chown(cwd, ctx["uid"], ctx["uid"])
         os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the child's environment: ENV and these
         start, pid = time.perf_counter(), os.fork()
         if pid == 0:
@@ -415,34 +413,33 @@ def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
 
 def _trace_lines(buf, program, stop_at):
     """buf[line] = 1 for each line of the program that runs (cost: departure 2)."""
+    codes = [program]
+    for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     if hasattr(sys, "monitoring"):  # 3.12+: each line reported once, then DISABLEd
-        mon, todo = sys.monitoring, [program]
+        mon = sys.monitoring
         def line(code, n):
             if n < len(buf):
                 buf[n] = 1
             return mon.DISABLE
         mon.use_tool_id(mon.COVERAGE_ID, "sandbox")
         mon.register_callback(mon.COVERAGE_ID, mon.events.LINE, line)
-        while todo:  # only the program's own code objects are instrumented
-            code = todo.pop()
+        for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
-            todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
         return
-    events, left = [0], {}  # 3.11: sys.settrace, off at stop_at; left[code]: its lines yet to run
+    events = [0]  # 3.11: sys.settrace, off at stop_at; left[code]: its lines yet to run (its def line runs outside)
+    left = {code: {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno} for code in codes}
     def tracer(frame, event, arg):
         events[0] += 1
         if events[0] & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
-        elif (code := frame.f_code).co_filename == FILENAME:  # else None: not traced further
-            if (todo := left.get(code)) is None:  # the def line runs in the enclosing code
-                todo = left[code] = {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno}
+        elif (todo := left.get(frame.f_code)) is not None:  # else None: not the program's, not traced further
             if event == "line" and (n := frame.f_lineno) < len(buf):
                 buf[n] = 1
                 todo.discard(n)
-            if todo:
-                return tracer
-            frame.f_trace = None  # all its lines ran: this code object is traced no more
+            frame.f_trace = tracer if todo else None  # all its lines ran: this code object is traced no more
+            return frame.f_trace
     threading.settrace(tracer)
     sys.settrace(tracer)
 
