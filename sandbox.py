@@ -286,10 +286,10 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None
     budget, runs = min(0.1, timeout / 10), []
     for inp in inputs:
-        run = _run_one(code, program, inp, fn_name, timeout + budget if cov else timeout, cov and (cov, budget), ctx)
+        run = _run_one(program, inp, fn_name, timeout + budget if cov else timeout, cov and (cov, budget), ctx)
         late, crashed = run[0] == "ok" and run[1] > timeout, run[0] == "runtime_error"
         if cov and (late or crashed and re.search("RecursionError|MemoryError|killed by", run[3])):
-            run = _run_one(code, program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+            run = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
         runs.append(run)
         if run[0] != "ok":
             break
@@ -299,7 +299,7 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit)}
 
-def _run_one(code, program, inp, fn_name, limit, trace, ctx):
+def _run_one(program, inp, fn_name, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
     ctx["tests"] += 1
     cwd, fds = os.path.join(ctx["home"], str(ctx["tests"])), ctx["files"]
@@ -314,7 +314,7 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
         os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the child's environment: ENV and these
         start, pid = time.perf_counter(), os.fork()
         if pid == 0:
-            _child(code, program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
+            _child(program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
         pidfd = os.pidfd_open(pid)
         timed_out, seconds = not select.select([pidfd], [], [], limit)[0], time.perf_counter() - start
         os.close(pidfd)
@@ -345,7 +345,7 @@ def _run_one(code, program, inp, fn_name, limit, trace, ctx):
         except OSError:
             shutil.rmtree(cwd, ignore_errors=True)
 
-def _child(code, program, inp, fn_name, cwd, limits, trace, ctx):
+def _child(program, inp, fn_name, cwd, limits, trace, ctx):
     """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
     as CPython does (departure 7). Never returns."""
     status = 1
