@@ -171,7 +171,7 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
         assert key in rows[-1]
     assert -1.0 <= rows[-1]["reward_mean"] <= 1.0 and 0.0 < rows[-1]["fgo_kept"] <= 1.0
     assert "step 2 | reward" in proc.stdout + proc.stderr  # the greppable line
-    assert json.loads((run / "eval_step2.json").read_text())["overall"]["n"] == 12
+    assert json.loads((run / "eval_step2.json").read_text())["train"]["overall"]["n"] == 12
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base"), run / "checkpoint" / "adapter")
@@ -235,3 +235,22 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     proc = run_cli(tiny_args(tmp_path, "--steps", "1"))
     assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
     assert keep.read_text() == "precious\n"
+
+
+def test_cccs_prompt_tokenizes_as_the_warm_start_saw_it():
+    # The prompt of a CCCS subtask must be a token-prefix of the prompt + canonical solution the
+    # warm start trained on; a prefix ending in "\n" is not (BPE merges "\n" with the indentation).
+    import curriculum
+    problems = curriculum.load_problems(ROOT / "data" / "train.json")
+    tok, _ = stepcoder.build_tiny(problems, seed=0)
+    good = bad = 0
+    for p in problems:
+        prompt = curriculum.build_prompt(p, tok)
+        full = tok(prompt + p.canonical_solution)["input_ids"]
+        for pre in filter(str.strip, curriculum.stage_prefixes(p.canonical_solution)):
+            ids = tok(prompt + stepcoder.prompt_prefix(pre))["input_ids"]
+            assert full[:len(ids)] == ids, (p.problem_id, pre[-30:])
+            good += 1
+            raw = tok(prompt + pre)["input_ids"]
+            bad += full[:len(raw)] != raw
+    assert good > 50 and bad > good // 2  # the raw prefixes would have broken most prompts
