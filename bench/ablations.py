@@ -29,7 +29,7 @@ def tiny_flags(steps: int) -> list[str]:
     flags = []
     for k, v in {**stepcoder.TINY_DEFAULTS, "steps": steps}.items():
         if k not in ("sft_steps", "sft_lr"):
-            flags += ["--" + k.replace("_", "-"), str(v)]
+            flags += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
     return flags
 
 
@@ -41,14 +41,14 @@ def plot(results: dict, seeds: list, png: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("reward", "pass_rate")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key in zip(axes, ("reward", "pass_rate", "stage0")):
         for name, runs in results.items():
             curves = [r[key] for r in runs]
             mean = [statistics.mean(c[i] for c in curves) for i in range(len(curves[0]))]
             smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
             ax.plot(range(1, len(mean) + 1), smooth, label=name)
-        ax.set(xlabel="PPO step", ylabel=f"rollout {key}")
+        ax.set(xlabel="PPO step", ylabel={"stage0": "share of problems at stage 0 (CCCS)"}.get(key, f"rollout {key}"))
     axes[0].legend()
     fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
                  "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
@@ -76,15 +76,16 @@ def main() -> int:
         sft = out / f"sft-seed{seed}"
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--seed", str(seed), "--eval",
                                                 "--test-data", data, "--data", data, "--out", str(sft)]))
-        before = json.loads((sft / "eval_step0.json").read_text())["overall"]["pass@1"]
+        before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]["pass@1"]
         for name, flags in SETTINGS.items():
             run = out / f"{name.split()[0].lower()}{'-'.join(flags)}-seed{seed}"
             stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(args.steps), "--seed", str(seed),
                                                     "--eval", "--test-data", data, "--data", data, "--out", str(run), *flags]))
-            after = json.loads((run / f"eval_step{args.steps}.json").read_text())["overall"]["pass@1"]
+            after = json.loads((run / f"eval_step{args.steps}.json").read_text())["train"]["overall"]["pass@1"]
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             results[name].append({"seed": seed, "before": before, "after": after,
-                                  "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve]})
+                                  "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
+                                  "stage0": [r["stage_hist"].get("0", 0) / sum(r["stage_hist"].values()) for r in curve]})
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
     def cell(xs):
