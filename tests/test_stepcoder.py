@@ -254,3 +254,13 @@ def test_cccs_prompt_tokenizes_as_the_warm_start_saw_it():
             raw = tok(prompt + pre)["input_ids"]
             bad += full[:len(raw)] != raw
     assert good > 50 and bad > good // 2  # the raw prefixes would have broken most prompts
+
+
+def test_show_rollout_marks_prefix_lines_and_masked_tokens():
+    from types import SimpleNamespace
+    result = SimpleNamespace(status="pass", reward=1.0, executed_lines=frozenset({1, 2}))
+    text = stepcoder.show_rollout(SimpleNamespace(problem_id=7), 1, stepcoder.prompt_prefix("a = 1\nb = 2\n"),
+                                  ["\nif a:", "\n    b = 3"], [1.0, 0.0], result)
+    body = text.splitlines()[2:]
+    # the prefix's two lines are prompt ('|'); the policy wrote the line break after line 2
+    assert body == ["   1 | a = 1", "   2 | b = 2", "   3 + if a:⟦", "   4 +     b = 3⟧"]
