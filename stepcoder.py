@@ -478,10 +478,9 @@ def train(cfg: Config):
     hf_logging.disable_progress_bar(), hf_logging.set_verbosity_error(), hub_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = curriculum.load_problems(cfg.data)
-    test_problems = curriculum.load_problems(cfg.test_data) if cfg.eval else []
-    evals = {"train": problems}  # what --eval measures: pass@1 on the training problems, and on
-    if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():  # held-out ones
-        evals["test"] = test_problems
+    evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
+    if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
+        evals["test"] = curriculum.load_problems(cfg.test_data)
     run_dir = prepare_run_dir(cfg)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -497,6 +496,8 @@ def train(cfg: Config):
         tok, base = load_base(str(run_dir / "base"), cfg, device)
     else:
         tok, base = load_base(cfg.model, cfg, device)
+    rng.seed(cfg.seed), torch.manual_seed(cfg.seed)  # RL starts from the same RNG state whether the
+    # base was warm-started in this run or loaded (`--model RUN/base` then repeats the run exactly)
     policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
     if cfg.model != "tiny" and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
         warm_start(policy, tok, problems, cfg, rng, device)
@@ -513,9 +514,12 @@ def train(cfg: Config):
         start = progress["step"]
         cur.load_state_dict(progress["curriculum"])
     chat = bool(getattr(tok, "chat_template", None))
+
+    def run_eval(step: int):  # pass@1 at stage 0 on each problem set, into eval_step<N>.json
+        report = {k: evaluate(policy, tok, ps, cfg, device, f"step {step}, {k}") for k, ps in evals.items()}
+        (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
     if cfg.eval and start == 0:
-        report = {k: evaluate(policy, tok, ps, cfg, device, f"step 0, {k}") for k, ps in evals.items()}
-        (run_dir / "eval_step0.json").write_text(json.dumps(report, indent=1))
+        run_eval(0)
 
     for step in range(start + 1, cfg.steps + 1):
         # 2. Curriculum prompt: each problem's instruction, then the canonical prefix of its stage.
@@ -626,8 +630,7 @@ def train(cfg: Config):
             save_checkpoint(run_dir, policy, value_head, optimizer, cur, step, rng)
 
     if cfg.eval:
-        report = {k: evaluate(policy, tok, ps, cfg, device, f"step {cfg.steps}, {k}") for k, ps in evals.items()}
-        (run_dir / f"eval_step{cfg.steps}.json").write_text(json.dumps(report, indent=1))
+        run_eval(cfg.steps)
     return run_dir, policy, value_head
 
 

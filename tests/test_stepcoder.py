@@ -264,3 +264,19 @@ def test_show_rollout_marks_prefix_lines_and_masked_tokens():
     body = text.splitlines()[2:]
     # the prefix's two lines are prompt ('|'); the policy wrote the line break after line 2
     assert body == ["   1 | a = 1", "   2 | b = 2", "   3 + if a:⟦", "   4 +     b = 3⟧"]
+
+
+def test_a_run_from_its_saved_base_repeats_the_run(tmp_path):
+    # `--model RUN/base` loads the warm-started tiny model like any local model; with the same
+    # settings the RL phase must repeat exactly (bench/ablations.py relies on this).
+    from dataclasses import asdict
+    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "2"))
+    run1, _, _ = stepcoder.train(cfg)
+    argv = ["--model", str(run1 / "base"), "--out", str(tmp_path / "run2")]
+    for k, v in asdict(cfg).items():
+        if k not in ("model", "out", "resume", "overwrite", "sft_steps", "sft_lr") and v is not False:
+            argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    run2, _, _ = stepcoder.train(stepcoder.parse_config(argv))
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (run1, run2)]
+    for key in ("reward_mean", "kl", "pg_loss", "entropy"):
+        assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
