@@ -4,13 +4,12 @@
     python curriculum.py --id 1003                # one solution, its split points, every stage's prompt
     python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file
 
-CCCS (curriculum of code completion subtasks) turns a long program into easier
-completion tasks: the prompt carries the first lines of the canonical solution and
-the policy writes the rest. Split points: the conditional statements (if, each elif,
-for, while, async for) found with `ast`. With E of them, K = ceil(sqrt(E)), S =
-ceil(E / K): stage c >= 1 gives the lines before conditional statement S*(c-1)
-(0-based), stage 0 nothing. A problem starts at stage K and moves one stage toward 0
-when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
+CCCS (curriculum of code completion subtasks) turns a long program into easier completion
+tasks: the prompt carries the first lines of the canonical solution, the policy writes the rest.
+Split points: the conditional statements (if, each elif, for, while, async for), found with `ast`.
+With E of them, K = ceil(sqrt(E)), S = ceil(E / K): stage c >= 1 gives the lines before conditional
+statement S*(c-1) (0-based), stage 0 nothing. A problem starts at stage K and moves one stage
+toward 0 when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
 
 Departures from the paper and why:
 1. Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is meant; we take
@@ -23,8 +22,6 @@ Departures from the paper and why:
 5. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
    chat models get it inside their template, then "```python\\n" opens the answer.
 """
-from __future__ import annotations
-
 import argparse
 import ast
 import io
@@ -36,14 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the
-# problem; one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha
-# = 3 rollouts, so the small model moves after a handful of successes: simulated, within
-# 16 samples a problem passing 90% / 50% / 25% / 10% of the time moves with probability
-# 1.0 / 0.89 / 0.29 / 0.02 (within 4 samples: 0.87 / 0.25 / 0.04 / 0.00).
+# From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the problem;
+# one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha = 3 rollouts, so
+# the small model moves after a handful of successes. Simulated, a problem passing 90/50/25/10% of
+# the time moves within 16 samples with probability 1.0/0.89/0.29/0.02 (within 4: .87/.25/.04/.00).
 ALPHA, RHO_T = 0.3, 0.6
 DIFFICULTIES = ("introductory", "interview", "competition")
-INSTRUCTION = "write an algorithm in python:"
 
 
 class DataError(ValueError):
@@ -82,14 +77,64 @@ def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; Co
     return "\n".join(x) if isinstance(x, list) and all(isinstance(s, str) for s in x) else x
 
 
-def _json_field(rec: dict, name: str, bad) -> Any:
-    try:
-        return json.loads(rec[name]) if isinstance(rec.get(name), str) and rec[name] else rec.get(name)
-    except json.JSONDecodeError as e:
-        bad(name, f"not a valid JSON string ({e.msg})")
+def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
+    """One record (APPS+ or APPS layout) -> Problem; None if it has no canonical solution and skip_missing."""
+    def check(ok: Any, field: str, what: str) -> None:
+        if not ok:
+            raise DataError(f"{where}: field '{field}': {what}")
+
+    def json_field(name: str) -> Any:  # original APPS keeps input_output and solutions as JSON strings
+        try:
+            return json.loads(rec[name]) if isinstance(rec.get(name), str) and rec[name] else rec.get(name)
+        except json.JSONDecodeError as e:
+            check(False, name, f"not a valid JSON string ({e.msg})")
+
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    pid = rec.get("problem_id")
+    check(isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid != "", "problem_id",
+          f"must be an int or a non-empty string, got {pid!r}")
+    key = next((k for k in ("question", "prompt", "description") if k in rec), "question")
+    question = rec.get(key)
+    check(isinstance(question, str) and question.strip(), key, "missing or empty")
+    if "inputs" not in rec and ("input_output" in rec or "solutions" in rec):  # original APPS
+        tio, sols = json_field("input_output"), json_field("solutions")
+        check(isinstance(tio, dict), "input_output", "missing, or not a JSON object with inputs and outputs")
+        check(isinstance(sols or [], list), "solutions", "must be a JSON list of programs")
+        solution = next((s for s in sols or [] if isinstance(s, str) and s.strip() and _parses(s)), None)
+        fn_name, inputs, outputs = tio.get("fn_name"), tio.get("inputs"), tio.get("outputs")
+        if fn_name is None and isinstance(inputs, list) and isinstance(outputs, list):  # lists of lines
+            inputs, outputs = ([_joined(x) for x in xs] for xs in (inputs, outputs))
+    else:
+        solution, fn_name = rec.get("canonical_solution"), rec.get("fn_name")
+        inputs, outputs = rec.get("inputs"), rec.get("outputs")
+    if solution is None or isinstance(solution, str) and not solution.strip():
+        check(skip_missing, "canonical_solution", "missing or empty (skip_missing_solutions=True skips it)")
+        return None
+    check(isinstance(solution, str) and _parses(solution), "canonical_solution",
+          "must be a string of valid Python 3 (ast.parse fails)")
+    check(fn_name is None or isinstance(fn_name, str) and fn_name.strip(), "fn_name",
+          f"must be null (stdin) or a function name, got {fn_name!r}")
+    for name, xs in (("inputs", inputs), ("outputs", outputs)):
+        check(isinstance(xs, list) and xs, name, "must be a non-empty list of tests")
+    check(len(inputs) == len(outputs), "outputs", f"{len(outputs)} outputs for {len(inputs)} inputs")
+    for t, (i, o) in enumerate(zip(inputs, outputs)):
+        if fn_name is None:
+            check(isinstance(i, str), "inputs", f"test {t}: a stdin test must be a string")
+            check(isinstance(o, str), "outputs", f"test {t}: a stdin test must be a string")
+        else:
+            check(isinstance(i, list), "inputs", f"test {t}: a call-based input must be the list of arguments")
+    starter = rec.get("starter_code") or ""
+    check(isinstance(starter, str), "starter_code", "must be a string")
+    difficulty = rec.get("difficulty")
+    check(difficulty in DIFFICULTIES, "difficulty",
+          f"must be one of {'/'.join(DIFFICULTIES)}, got {difficulty!r}")
+    return Problem(pid, question, solution, fn_name, inputs, outputs, starter, difficulty)
 
 
-def _read_records(path: Path) -> list:
+def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
+    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see SPEC §1."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -102,80 +147,19 @@ def _read_records(path: Path) -> list:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {n + e.lineno - 1}: not valid JSON ({e.msg}); "
                             "want a JSON list or JSON Lines") from None
-    return records[0] if is_list else records
-
-
-def _record(rec: Any, where: str) -> Problem | None:
-    """One record (APPS+ or APPS layout) -> Problem; None if it has no canonical solution."""
-    def bad(field: str, what: str):
-        raise DataError(f"{where}: field '{field}': {what}")
-
-    if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    pid = rec.get("problem_id")
-    if isinstance(pid, bool) or not isinstance(pid, (int, str)) or pid == "":
-        bad("problem_id", f"must be an int or a non-empty string, got {pid!r}")
-    key = next((k for k in ("question", "prompt", "description") if k in rec), "question")
-    question = rec.get(key)
-    if not isinstance(question, str) or not question.strip():
-        bad(key, "missing or empty")
-    apps = "inputs" not in rec and ("input_output" in rec or "solutions" in rec)
-    if apps:  # original APPS: solutions and input_output are JSON strings
-        tio, sols = (_json_field(rec, name, bad) for name in ("input_output", "solutions"))
-        if not isinstance(tio, dict):
-            bad("input_output", "missing, or not a JSON object with inputs and outputs")
-        if not isinstance(sols or [], list):
-            bad("solutions", "must be a JSON list of programs")
-        solution = next((s for s in sols or [] if isinstance(s, str) and s.strip() and _parses(s)), None)
-        fn_name, inputs, outputs = tio.get("fn_name"), tio.get("inputs"), tio.get("outputs")
-        if fn_name is None and isinstance(inputs, list) and isinstance(outputs, list):  # lists of lines
-            inputs, outputs = ([_joined(x) for x in xs] for xs in (inputs, outputs))
-    else:
-        solution, fn_name = rec.get("canonical_solution"), rec.get("fn_name")
-        inputs, outputs = rec.get("inputs"), rec.get("outputs")
-    if solution is None or solution == "" or isinstance(solution, str) and not solution.strip():
-        return None
-    if not isinstance(solution, str) or not _parses(solution):
-        bad("canonical_solution", "must be a string of valid Python 3 (ast.parse fails)")
-    if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.strip()):
-        bad("fn_name", f"must be null (stdin) or a function name, got {fn_name!r}")
-    for name, xs in (("inputs", inputs), ("outputs", outputs)):
-        if not isinstance(xs, list) or not xs:
-            bad(name, "must be a non-empty list of tests")
-    if len(inputs) != len(outputs):
-        bad("outputs", f"{len(outputs)} outputs for {len(inputs)} inputs")
-    for t, (i, o) in enumerate(zip(inputs, outputs)):
-        if fn_name is None and not (isinstance(i, str) and isinstance(o, str)):
-            bad("outputs" if isinstance(i, str) else "inputs", f"test {t}: a stdin test must be a string")
-        if fn_name is not None and not isinstance(i, list):
-            bad("inputs", f"test {t}: a call-based input must be the list of arguments")
-    starter = rec.get("starter_code") or ""
-    if not isinstance(starter, str):
-        bad("starter_code", "must be a string")
-    if rec.get("difficulty") not in DIFFICULTIES:
-        bad("difficulty", f"must be one of {'/'.join(DIFFICULTIES)}, got {rec.get('difficulty')!r}")
-    return Problem(pid, question, solution, fn_name, inputs, outputs, starter, rec["difficulty"])
-
-
-def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
-    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see SPEC §1."""
-    path = Path(path)
-    records = _read_records(path)
-    if not isinstance(records, list) or not records:
+    records = records[0] if is_list else records  # text that opens with "[" parses to a list
+    if not records:
         raise DataError(f"{path}: expected a non-empty JSON list (or JSON Lines) of problem records")
-    problems, seen, skipped = [], {}, 0
+    problems, seen = [], {}
     for i, rec in enumerate(records):
-        p = _record(rec, where := f"{path}: record {i}")
-        if p is None and not skip_missing_solutions:
-            raise DataError(f"{where}: field 'canonical_solution': missing or empty (skip_missing_solutions=True skips it)")
+        p = _record(rec, where := f"{path}: record {i}", skip_missing_solutions)
         if p is None:
-            skipped += 1
             continue
         if p.problem_id in seen:
             raise DataError(f"{where}: field 'problem_id': {p.problem_id!r} repeats record {seen[p.problem_id]}")
         seen[p.problem_id] = i
         problems.append(p)
-    if skipped:
+    if skipped := len(records) - len(problems):
         print(f"{path}: skipped {skipped} of {len(records)} records without a canonical solution", file=sys.stderr)
     return problems
 
@@ -192,9 +176,8 @@ def stage_prefixes(code: str) -> list[str]:
     if not points:
         return [""]
     K = math.ceil(math.sqrt(len(points)))
-    S = math.ceil(len(points) / K)
-    cut = lambda line: "".join(lines[: line - 1])  # the lines above `line`; ends with "\n"
-    return [cut(points[S * (c - 1)]) for c in range(K, 0, -1)] + [""]
+    S = math.ceil(len(points) / K)  # stage c holds the lines above point S*(c-1); they end with "\n"
+    return ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)] + [""]
 
 
 class Curriculum:
@@ -210,8 +193,7 @@ class Curriculum:
         return self.stages[problem_id]
 
     def prefix(self, problem_id: int | str) -> str:
-        pre = self.prefixes[problem_id]
-        return pre[len(pre) - 1 - self.stages[problem_id]]
+        return self.prefixes[problem_id][-1 - self.stages[problem_id]]  # prefixes run K..0
 
     def update(self, problem_id: int | str, passed: bool, stage: int | None = None) -> bool:
         """Record one scored rollout; True if the problem moved one stage toward 0.
@@ -242,7 +224,7 @@ class Curriculum:
 
 def build_prompt(problem: Problem, tokenizer: Any = None) -> str:
     """SPEC §6. The trainer's full prompt is build_prompt(p, tok) + curriculum.prefix(id)."""
-    text = f"{INSTRUCTION}\n{problem.question.strip()}\n"
+    text = f"write an algorithm in python:\n{problem.question.strip()}\n"  # the paper's instruction
     if problem.fn_name is not None:
         text += f"\nThe function to write is `{problem.fn_name}`."
         if problem.starter_code.strip():
@@ -260,8 +242,8 @@ def show(problem: Problem) -> str:
     points, prefixes = split_points(code), stage_prefixes(code)
     K = len(prefixes) - 1
     starts = {len(_lines(pre)) + 1: K - k for k, pre in enumerate(prefixes[:-1])}  # first line the policy writes
-    out = [f"problem {p.problem_id} ({p.difficulty}, {p.fn_name and 'call-based: ' + p.fn_name or 'stdin'}): "
-           f"E={len(points)} conditional statements [i], "
+    kind = f"call-based: {p.fn_name}" if p.fn_name else "stdin"
+    out = [f"problem {p.problem_id} ({p.difficulty}, {kind}): E={len(points)} conditional statements [i], "
            f"K={K} completion stages + stage 0 (plain generation)", ""]
     for n, line in enumerate(_lines(code), 1):
         if n in starts:
@@ -294,12 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         problems = load_problems(args.data)
+        match = [p for p in problems if str(p.problem_id) == args.id]
+        if args.id is not None and not match:
+            raise DataError(f"no problem with id {args.id!r} in {args.data} (--stats lists the file)")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    match = [p for p in problems if str(p.problem_id) == args.id]
-    if args.id is not None and not match:
-        print(f"error: no problem with id {args.id!r} in {args.data} (--stats lists the file)", file=sys.stderr)
         return 2
     if match:
         print(show(match[0]))
