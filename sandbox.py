@@ -15,9 +15,8 @@ Departures from the paper / the APPS harness, and why:
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran and turns itself off after b s. Killed at `timeout + b`: a timeout anyway. Done after
-   `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced,
-   and that run is the verdict.
+   whose lines all ran and stops after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`,
+   or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced for the verdict.
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
 4. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
@@ -43,8 +42,8 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   in the temp dir; the kernel (no seccomp); CPU shared with other tests. A program can forge its coverage
   and call-based return value, but cannot see expected outputs. A reward harness, not a jail for hostile code.
 """
-import argparse, atexit, contextlib, ctypes, gc, json, linecache, math, mmap, os, pickle, re, resource, select
-import selectors, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
+import argparse, atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource
+import select, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 from dataclasses import asdict, dataclass, field
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
@@ -96,7 +95,7 @@ def values_match(got, want) -> bool:
 def _close(a, b) -> bool:
     num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
     if num(a) and num(b) and (isinstance(a, float) or isinstance(b, float)):
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) or a == b
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(map(_close, a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -115,7 +114,7 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     for i, (_, tests) in enumerate(jobs):
         _check(tests, f"jobs[{i}]")
-    results, todo, busy, sel, bar = [None] * len(jobs), iter(range(len(jobs))), {}, selectors.DefaultSelector(), None
+    results, todo, busy, bar = [None] * len(jobs), iter(range(len(jobs))), {}, None
     if progress:
         with contextlib.suppress(ImportError):  # tqdm is optional here: no bar without it
             from tqdm import tqdm
@@ -126,22 +125,20 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
             data = pickle.dumps((jobs[i][0], jobs[i][1]["inputs"], jobs[i][1].get("fn_name"), timeout, coverage))
             w.stdin.write(struct.pack("<Q", len(data)) + data)
             w.stdin.flush()
-            busy[w] = i
-            sel.register(w.stdout, selectors.EVENT_READ, w)
+            busy[w.stdout] = w, i
     with _POOL.lock:
         try:
-            for w in _POOL.start(max(1, min(workers or os.cpu_count() or 1, len(jobs)))):
+            n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+            for w in _POOL.start(n):
                 feed(w)
             while busy:
-                for key, _ in sel.select():
-                    w = key.data
-                    sel.unregister(w.stdout)
-                    i, head = busy.pop(w), w.stdout.read(8)
+                for out in select.select(list(busy), [], [])[0]:
+                    (w, i), head = busy.pop(out), out.read(8)
                     if len(head) == 8:
-                        raw = pickle.loads(w.stdout.read(struct.unpack("<Q", head)[0]))
+                        raw = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
                     else:  # the worker died (it should not): say so, replace it
-                        raw = {"error": f"sandbox worker died (status {w.wait()})"}
-                        w = _POOL.workers[w.index] = _spawn(w.index)
+                        raw, k = {"error": f"sandbox worker died (status {w.wait()})"}, _POOL.workers.index(w)
+                        w = _POOL.start(n)[k]
                     results[i] = _judge(raw, jobs[i][1])
                     bar is not None and bar.update(1)
                     feed(w)
@@ -181,26 +178,24 @@ def _judge(raw, tests) -> ExecResult:
     passed = sum(d.verdict == "pass" for d in details)
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details)
 
-def _spawn(index):
-    """A warm worker: a `python -c` process that imports only this module and runs _serve."""
-    boot = f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({index})"
-    proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV)
-    proc.index = index
-    return proc
-
 class _Pool:
-    """This process's one pool: module state, made on first use, closed at exit."""
+    """This process's one pool of warm workers: module state, made on first use, closed at exit."""
     lock, workers, owner = threading.Lock(), [], None
 
     def start(self, n):
+        """The first n workers, dead ones replaced: `python -c` processes that import only this module."""
         if self.owner != os.getpid():  # first use, or a fork of the process that made the pool
             self.workers, self.owner = [], os.getpid()
             atexit.register(self.close)
             if (abi := landlock_abi()) < 6:  # say once what the docstring's isolation lacks here
                 missing = [what for level, what in ((1, "files"), (4, "TCP"), (6, "signals")) if abi < level]
                 warnings.warn(f"sandbox: Landlock ABI {abi} here, not confined: {', '.join(missing)}")
-        self.workers = [w if w.poll() is None else _spawn(w.index) for w in self.workers]
-        self.workers += [_spawn(i) for i in range(len(self.workers), n)]
+        self.workers += [None] * (n - len(self.workers))
+        for i, w in enumerate(self.workers[:n]):
+            if w is None or w.poll() is not None:
+                boot = f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})"
+                self.workers[i] = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, env=ENV)
         return self.workers[:n]
 
     def close(self):  # EOF: each worker exits after its current test, whose deadline it still enforces
@@ -427,11 +422,10 @@ def _trace_lines(buf, program, stop_at):
         for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
         return
-    events = [0]  # 3.11: sys.settrace, off at stop_at; left[code]: its lines yet to run (its def line runs outside)
+    events = itertools.count(1)  # 3.11: settrace; left[code]: its lines yet to run (its def line runs outside)
     left = {code: {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno} for code in codes}
     def tracer(frame, event, arg):
-        events[0] += 1
-        if events[0] & 1023 == 0 and time.monotonic() > stop_at:
+        if next(events) & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
         elif (todo := left.get(frame.f_code)) is not None:  # else None: not the program's, not traced further
