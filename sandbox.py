@@ -125,7 +125,7 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
             data = pickle.dumps((jobs[i][0], jobs[i][1]["inputs"], jobs[i][1].get("fn_name"), timeout, coverage))
             w.stdin.write(struct.pack("<Q", len(data)) + data)
             w.stdin.flush()
-            busy[w.stdout] = w, i
+            busy[w.stdout] = w, i, _POOL.workers.index(w)  # its slot: a dead worker is replaced there
     with _POOL.lock:
         try:
             n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
@@ -133,12 +133,12 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
                 feed(w)
             while busy:
                 for out in select.select(list(busy), [], [])[0]:
-                    (w, i), head = busy.pop(out), out.read(8)
+                    (w, i, k), head = busy.pop(out), out.read(8)
                     if len(head) == 8:
                         raw = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
                     else:  # the worker died (it should not): say so, replace it
-                        raw, k = {"error": f"sandbox worker died (status {w.wait()})"}, _POOL.workers.index(w)
-                        w = _POOL.start(n)[k]
+                        raw = {"error": f"sandbox worker died (status {w.wait()})"}
+                        w = _POOL.start(n)[k]  # also replaces other dead ones; their EOF feeds their new one
                     results[i] = _judge(raw, jobs[i][1])
                     bar is not None and bar.update(1)
                     feed(w)
