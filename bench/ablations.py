@@ -6,12 +6,14 @@
 Same seeds and budget for every setting. Per seed, the warm start (SFT) runs once and its
 base model is shared by the four settings (`--model RUN/base` loads it like any local model:
 the reference policy is that SFT model, as with `--model tiny`). Each setting then runs
-`--steps` PPO steps. Reported: pass@1 with full generation (stage 0, greedy) on the train
-problems right after the warm start and after RL, mean and spread (min..max) over seeds,
-and the reward / pass-rate curves as a PNG. Prints a markdown table for the README.
+`--steps` PPO steps. Reported: pass@1 with full generation (stage 0) on the train problems
+right after the warm start and after RL (8 samples per problem at the rollout temperature, and
+greedy), mean and spread (min..max) over seeds, and the reward / pass-rate curves as a PNG.
+Prints a markdown table for the README.
 """
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -28,7 +30,7 @@ SETTINGS = {"StepCoder (CCCS + FGO)": [], "w/o CCCS": ["--no-cccs"], "w/o FGO": 
 def tiny_flags(steps: int) -> list[str]:
     flags = []
     for k, v in {**stepcoder.TINY_DEFAULTS, "steps": steps}.items():
-        if k not in ("sft_steps", "sft_lr"):
+        if k not in ("sft_steps", "sft_lr", "eval"):
             flags += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
     return flags
 
@@ -41,14 +43,16 @@ def plot(results: dict, seeds: list, png: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key in zip(axes, ("reward", "pass_rate", "stage0")):
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    labels = {"reward": "rollout reward (all stages)", "reward_stage0": "rollout reward, stage-0 rollouts only",
+              "pass_rate": "rollout pass rate (all stages)", "stage0": "share of problems at stage 0 (CCCS)"}
+    for ax, (key, label) in zip(axes, labels.items()):
         for name, runs in results.items():
             curves = [r[key] for r in runs]
-            mean = [statistics.mean(c[i] for c in curves) for i in range(len(curves[0]))]
+            mean = [statistics.mean([c[i] for c in curves if c[i] is not None] or [math.nan]) for i in range(len(curves[0]))]
             smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
             ax.plot(range(1, len(mean) + 1), smooth, label=name)
-        ax.set(xlabel="PPO step", ylabel={"stage0": "share of problems at stage 0 (CCCS)"}.get(key, f"rollout {key}"))
+        ax.set(xlabel="PPO step", ylabel=label)
     axes[0].legend()
     fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
                  "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
@@ -58,16 +62,36 @@ def plot(results: dict, seeds: list, png: str) -> None:
     print(f"curves: {png}")
 
 
+def table(results: dict) -> None:
+    """The README's markdown table: mean (min..max) over seeds."""
+    steps = len(next(iter(results.values()))[0]["reward"])
+    def cell(xs, f=".3f"):
+        return f"{statistics.mean(xs):{f}} ({min(xs):{f}}..{max(xs):{f}})"
+    def first_last(runs, key):  # mean over seeds of the first 5 and the last 5 steps' values
+        ends = [[x for x in r[key] if x is not None] or [math.nan] for r in runs]
+        return f"{statistics.mean(statistics.mean(e[:5]) for e in ends):+.3f} -> {statistics.mean(statistics.mean(e[-5:]) for e in ends):+.3f}"
+    print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
+          "change | reward, first 5 -> last 5 steps | stage-0 rollouts' reward |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        greedy = f"{cell([r['greedy_before'] for r in runs])} -> {cell([r['greedy_after'] for r in runs])}, " \
+                 f"{statistics.mean(r['greedy_after'] - r['greedy_before'] for r in runs):+.3f}"
+        print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
+              f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {greedy} | {first_last(runs, 'reward')} | "
+              f"{first_last(runs, 'reward_stage0')} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
-    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from OUT/results.json")
+    ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
     args = ap.parse_args()
     if args.replot:
-        plot(json.loads((Path(args.out) / "results.json").read_text()), args.seeds, args.png)
+        results = json.loads((Path(args.out) / "results.json").read_text())
+        table(results), plot(results, args.seeds, args.png)
         return 0
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
     shutil.rmtree(out, ignore_errors=True)
@@ -76,28 +100,24 @@ def main() -> int:
         sft = out / f"sft-seed{seed}"
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--seed", str(seed), "--eval",
                                                 "--test-data", data, "--data", data, "--out", str(sft)]))
-        before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]["pass@1"]
+        before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
         for name, flags in SETTINGS.items():
             run = out / f"{name.split()[0].lower()}{'-'.join(flags)}-seed{seed}"
             stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(args.steps), "--seed", str(seed),
-                                                    "--eval", "--test-data", data, "--data", data, "--out", str(run), *flags]))
-            after = json.loads((run / f"eval_step{args.steps}.json").read_text())["train"]["overall"]["pass@1"]
+                                                    "--test-data", data, "--data", data, "--out", str(run), *flags]))
+            # evaluated after RL only (before RL it is the warm start, evaluated above): a resume
+            # with no steps left; evaluation has its own RNG, so this equals evaluating in the run
+            stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(args.steps), "--eval"]))
+            after = json.loads((run / f"eval_step{args.steps}.json").read_text())["train"]["overall"]
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            results[name].append({"seed": seed, "before": before, "after": after,
+            results[name].append({"seed": seed, "before": before["pass@1"], "after": after["pass@1"],
+                                  "greedy_before": before["greedy"], "greedy_after": after["greedy"],
                                   "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
+                                  "reward_stage0": [r["reward_stage0"] for r in curve],
                                   "stage0": [r["stage_hist"].get("0", 0) / sum(r["stage_hist"].values()) for r in curve]})
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    def cell(xs):
-        return f"{statistics.mean(xs):.3f} ({min(xs):.3f}..{max(xs):.3f})"
-    print(f"\n| setting | pass@1 after warm start | pass@1 after {args.steps} PPO steps | change | reward, first 5 -> last 5 steps |")
-    print("|---|---|---|---|---|")
-    for name, runs in results.items():
-        first = [statistics.mean(r["reward"][:5]) for r in runs]
-        last = [statistics.mean(r["reward"][-5:]) for r in runs]
-        print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
-              f"{cell([r['after'] - r['before'] for r in runs])} | {statistics.mean(first):+.3f} -> {statistics.mean(last):+.3f} |")
-    plot(results, args.seeds, args.png)
+    table(results), plot(results, args.seeds, args.png)
     return 0
 
 

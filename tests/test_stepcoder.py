@@ -107,7 +107,7 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     data = write_problems(tmp_path / "probs.json")
     return ["--model", "tiny", "--data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run"),
             "--sft-steps", "10", "--max-new-tokens", "48", "--problems-per-step", "3", "--samples-per-problem", "2",
-            "--minibatch-size", "3", "--seed", "1", *extra]
+            "--minibatch-size", "3", "--eval-samples", "2", "--seed", "1", *extra]
 
 
 def run_cli(args: list[str]):
@@ -280,3 +280,21 @@ def test_a_run_from_its_saved_base_repeats_the_run(tmp_path):
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (run1, run2)]
     for key in ("reward_mean", "kl", "pg_loss", "entropy"):
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
+
+
+def test_evaluation_does_not_change_the_training_run(tmp_path):
+    # --eval samples programs (tiny: at T = 0.5; 2 per problem here) with its own seeded RNG, so a run
+    # trains exactly as it would without it (fails if evaluation draws from the training RNG)
+    from dataclasses import replace
+    (tmp_path / "a").mkdir()
+    cfg = stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "2"))
+    assert cfg.eval and cfg.eval_temperature > 0 and cfg.eval_samples == 2
+    run_a, _, _ = stepcoder.train(cfg)
+    run_b, _, _ = stepcoder.train(replace(cfg, eval=False, out=str(tmp_path / "b")))
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (run_a, run_b)]
+    for key in ("reward_mean", "kl", "pg_loss"):
+        assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
+    assert not (run_b / "eval_step0.json").exists()
+    report = json.loads((run_a / "eval_step2.json").read_text())["train"]["overall"]
+    assert set(report) == {"pass@1", "greedy", "n"} and report["n"] == 12
+    assert report["pass@1"] * 24 == pytest.approx(round(report["pass@1"] * 24))  # 2 samples x 12 problems
