@@ -462,8 +462,12 @@ def main(argv=None):
         die(str(e))
     if args.json:
         return print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines)}, indent=1))
+    unmarked = result.status == "compile_error"  # nothing ran, and FGO keeps all its tokens (SPEC §4)
+    if args.show_coverage and unmarked:
+        print("(the program does not compile: no line ran, and FGO keeps every token of it)")
     for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):  # + ran, - never ran
-        print(f"{n:4} {'+' if n in result.executed_lines else ' ' if line.strip()[:1] in ('', '#') else '-'} | {line}")
+        blank = unmarked or line.strip()[:1] in ("", "#")
+        print(f"{n:4} {'+' if n in result.executed_lines else ' ' if blank else '-'} | {line}")
     for i, d in enumerate(result.details, 1):
         print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s" + (f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""))
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")

@@ -396,6 +396,13 @@ def test_cli_prints_verdict_reward_and_coverage(problem_file):
     assert "   3 - |     print(0)" in p.stdout and "   5 + |     print(2 * n)" in p.stdout
 
 
+def test_cli_coverage_of_a_program_that_does_not_compile_marks_no_line_as_skipped(problem_file):
+    (problem_file / "bad.py").write_text("n = int(input())\nif n > 100\n    print(0)\n")
+    p = cli(problem_file / "bad.py", "--data", problem_file / "p.json", "--id", 7, "--show-coverage")
+    assert "compile_error: reward -1.0" in p.stdout and "does not compile" in p.stdout
+    assert "   1   | n = int(input())" in p.stdout and " - | " not in p.stdout
+
+
 def test_cli_json_is_the_exec_result(problem_file):
     p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--json")
     out = json.loads(p.stdout)
