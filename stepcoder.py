@@ -75,7 +75,7 @@ class Config:
     steps: int = field(default=100, metadata={"help": "total PPO steps of the run"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
-    eval: bool = field(default=False, metadata={"help": "pass@1 on --data and --test-data after the warm start and at the end"})
+    eval: bool = field(default=False, metadata={"help": "pass@1 on --data and --test-data after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     # --- SFT warm start ------------------------------------------------------------------
     sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
@@ -141,7 +141,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            on_for_tiny = f.name in TINY_DEFAULTS  # --eval: tiny evaluates unless --no-eval
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction if on_for_tiny else "store_true",
+                                help=f.metadata["help"])
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str),
                                 help=f"{f.metadata['help']} (default: {f.default!r})")

@@ -285,12 +285,11 @@ def test_a_run_from_its_saved_base_repeats_the_run(tmp_path):
 def test_evaluation_does_not_change_the_training_run(tmp_path):
     # --eval samples programs (tiny: at T = 0.5; 2 per problem here) with its own seeded RNG, so a run
     # trains exactly as it would without it (fails if evaluation draws from the training RNG)
-    from dataclasses import replace
-    (tmp_path / "a").mkdir()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     cfg = stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "2"))
     assert cfg.eval and cfg.eval_temperature > 0 and cfg.eval_samples == 2
     run_a, _, _ = stepcoder.train(cfg)
-    run_b, _, _ = stepcoder.train(replace(cfg, eval=False, out=str(tmp_path / "b")))
+    run_b, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path / "b", "--steps", "2", "--no-eval")))
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (run_a, run_b)]
     for key in ("reward_mean", "kl", "pg_loss"):
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
