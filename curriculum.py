@@ -1,7 +1,7 @@
 """Problems, prompts and the CCCS curriculum of StepCoder (Dou et al., 2024, §3.2, Algorithm 1).
 
     python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
-    python curriculum.py --id 1003                # one solution, its split points, every stage's prompt
+    python curriculum.py --id 1013                # one solution, its split points, every stage's prompt
     python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file
 
 CCCS (curriculum of code completion subtasks) turns a long program into easier completion
