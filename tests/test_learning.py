@@ -37,7 +37,8 @@ def test_rollout_reward_rises_over_a_short_run(tmp_path):
     data.write_text(json.dumps(problems[8:16]))
     args = ["--model", "tiny", "--data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run"),
             "--no-cccs", "--sft-steps", "40", "--steps", "12", "--lr", "1e-4", "--problems-per-step", "8",
-            "--samples-per-problem", "4", "--max-new-tokens", "64", "--max-prompt-tokens", "256", "--seed", "0"]
+            "--samples-per-problem", "4", "--max-new-tokens", "64", "--max-prompt-tokens", "256", "--seed", "0",
+            "--no-eval"]
     run_dir, _, _ = stepcoder.train(stepcoder.parse_config(args))
     rewards = [json.loads(line)["reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
