@@ -76,9 +76,10 @@ class Config:
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
     eval: bool = field(default=False, metadata={"help": "pass@1 on --data and --test-data after the warm start and at the end (tiny: on)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------
     sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
+    sft_seed: int = field(default=0, metadata={"help": "seed of tiny's initial weights and of the warm start's batches: tiny runs that differ only in --seed start from one model"})
     sft_lr: float = field(default=1e-4, metadata={"help": "learning rate of the warm start"})
     sft_batch_size: int = field(default=8, metadata={"help": "sequences per warm-start step"})
     # --- rollouts ------------------------------------------------------------------------
@@ -497,25 +498,23 @@ def train(cfg: Config):
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
         evals["test"] = curriculum.load_problems(cfg.test_data)
     run_dir = prepare_run_dir(cfg)
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     ckpt = run_dir / "checkpoint"
     resuming = cfg.resume and ckpt.exists()
 
-    # 1. Load the model. `tiny` is built and warm-started here, then saved as the base model.
+    # 1. Load the model. `tiny` is built and warm-started here (--sft-seed), then saved as the base model.
     if cfg.model == "tiny":
         if not (run_dir / "base").exists():
-            tok, model = build_tiny(problems, cfg.seed)
-            warm_start(model.to(device), tok, problems, cfg, rng, device)
+            tok, model = build_tiny(problems, cfg.sft_seed)
+            warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device)
             model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
         tok, base = load_base(str(run_dir / "base"), cfg, device)
     else:
         tok, base = load_base(cfg.model, cfg, device)
-    rng.seed(cfg.seed), torch.manual_seed(cfg.seed)  # RL starts from the same RNG state whether the
-    # base was warm-started in this run or loaded (`--model RUN/base` then repeats the run exactly)
+    rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
+    torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
     policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
     if cfg.model != "tiny" and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
-        warm_start(policy, tok, problems, cfg, rng, device)
+        warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW([{"params": params[:-2], "lr": cfg.lr}, {"params": params[-2:], "lr": cfg.vf_lr}],
                                   eps=1e-5, weight_decay=0.0)
@@ -531,10 +530,10 @@ def train(cfg: Config):
     chat = bool(getattr(tok, "chat_template", None))
 
     def run_eval(step: int):  # pass@1 at stage 0 on each problem set, into eval_step<N>.json. Its own
-        # RNG, seeded alike at every evaluation: a run with --eval trains exactly as one without, and
-        # before/after share their random numbers, so a change in pass@1 is the model's, not the draw's
+        # RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one
+        # without, and all evaluations share their random numbers (a change is the model's, not the draw's)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(0)
             report = {k: evaluate(policy, tok, ps, cfg, device, f"step {step}, {k}") for k, ps in evals.items()}
         (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
     if cfg.eval and start == 0:

@@ -3,13 +3,14 @@
     python3 bench/ablations.py                       # 3 seeds x 4 settings, tiny model, CPU
     python3 bench/ablations.py --seeds 0 --steps 10  # a quick look
 
-Same seeds and budget for every setting. Per seed, the warm start (SFT) runs once and its
-base model is shared by the four settings (`--model RUN/base` loads it like any local model:
-the reference policy is that SFT model, as with `--model tiny`). Each setting then runs
-`--steps` PPO steps. Reported: pass@1 with full generation (stage 0) on the train problems
-right after the warm start and after RL (8 samples per problem at the rollout temperature, and
-greedy), mean and spread (min..max) over seeds, and the reward / pass-rate curves as a PNG.
-Prints a markdown table for the README.
+Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
+base model is shared by all runs (`--model RUN/base` loads it like any local model: the
+reference policy is that SFT model, as with `--model tiny`), as the paper's runs start from one
+SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
+generation (stage 0) on the train problems right after the warm start and after RL (8 samples
+per problem at the rollout temperature, and greedy), mean and spread (min..max) over seeds, and
+the reward / pass-rate curves as a PNG. Prints a markdown table for the README. Another
+`--sft-seed` repeats it all from another warm-started model.
 """
 import argparse
 import json
@@ -66,7 +67,7 @@ def table(results: dict) -> None:
     """The README's markdown table: mean (min..max) over seeds."""
     steps = len(next(iter(results.values()))[0]["reward"])
     def cell(xs, f=".3f"):
-        return f"{statistics.mean(xs):{f}} ({min(xs):{f}}..{max(xs):{f}})"
+        return f"{xs[0]:{f}}" if min(xs) == max(xs) else f"{statistics.mean(xs):{f}} ({min(xs):{f}}..{max(xs):{f}})"
     def first_last(runs, key):  # mean over seeds of the first 5 and the last 5 steps' values
         ends = [[x for x in r[key] if x is not None] or [math.nan] for r in runs]
         return f"{statistics.mean(statistics.mean(e[:5]) for e in ends):+.3f} -> {statistics.mean(statistics.mean(e[-5:]) for e in ends):+.3f}"
@@ -85,6 +86,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
+    ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one warm start")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
@@ -96,11 +98,11 @@ def main() -> int:
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
     shutil.rmtree(out, ignore_errors=True)
     results = {name: [] for name in SETTINGS}
+    sft = out / "sft"
+    stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
+                                            "--test-data", data, "--data", data, "--out", str(sft)]))
+    before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
     for seed in args.seeds:
-        sft = out / f"sft-seed{seed}"
-        stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--seed", str(seed), "--eval",
-                                                "--test-data", data, "--data", data, "--out", str(sft)]))
-        before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
         for name, flags in SETTINGS.items():
             run = out / f"{name.split()[0].lower()}{'-'.join(flags)}-seed{seed}"
             stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(args.steps), "--seed", str(seed),

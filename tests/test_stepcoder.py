@@ -297,3 +297,19 @@ def test_evaluation_does_not_change_the_training_run(tmp_path):
     report = json.loads((run_a / "eval_step2.json").read_text())["train"]["overall"]
     assert set(report) == {"pass@1", "greedy", "n"} and report["n"] == 12
     assert report["pass@1"] * 24 == pytest.approx(round(report["pass@1"] * 24))  # 2 samples x 12 problems
+
+
+def test_the_warm_start_depends_on_sft_seed_not_on_seed(tmp_path):
+    # RL seeds start from one warm-started model (as the paper's runs start from one SFT model); the
+    # warm start's own seed is --sft-seed. Fails if the tiny model or its SFT batches follow --seed.
+    from safetensors.torch import load_file
+    weights = {}
+    for seed, sft_seed in ((1, 0), (2, 0), (1, 1)):
+        d = tmp_path / f"{seed}-{sft_seed}"
+        d.mkdir()
+        args = tiny_args(d, "--steps", "0", "--no-eval", "--seed", str(seed), "--sft-seed", str(sft_seed))
+        run, _, _ = stepcoder.train(stepcoder.parse_config(args))  # the last --seed counts
+        weights[seed, sft_seed] = load_file(run / "base" / "model.safetensors")
+    same, other = weights[1, 0], weights[1, 1]
+    assert all(torch.equal(same[k], weights[2, 0][k]) for k in same)
+    assert not all(torch.equal(same[k], other[k]) for k in same)
