@@ -18,11 +18,10 @@ Where this departs from the paper, and why:
     1. LoRA on a 4-bit NF4 base instead of full fine-tuning: the paper trains 6.7B on many GPUs;
        we fit 1.3B (or 6.7B) on one 24 GB GPU. Only the adapter and the value head learn.
        4-bit compute is bf16 on CUDA, float32 on the CPU (`--load-in-4bit`, for tests).
-    2. The reference policy is "adapters off". For `tiny`, the SFT warm start trains the base
-       weights before the adapter exists, so the reference is exactly the SFT model (as in the
-       paper). For a pretrained 4-bit model we cannot train the quantised base: `--sft-steps`
-       then trains the adapter itself and the reference stays the base model (the instruct
-       model is already an SFT model, so the default there is no warm start).
+    2. The reference policy is "adapters off". For `tiny` the SFT warm start trains the base weights
+       before the adapter exists, so the reference is exactly the SFT model (as in the paper). A
+       pretrained 4-bit base cannot be trained: there `--sft-steps` trains the adapter itself and the
+       reference stays the base model (an instruct model is already SFT: no warm start by default).
     3. The value head shares the policy's backbone (paper: a separate critic) to save memory;
        its loss has a small coefficient (0.1) so it does not dominate the shared adapter.
     4. Smaller budgets: 4 samples per problem (paper 16), fewer problems per step; all flags.
@@ -40,7 +39,6 @@ import bisect
 import itertools
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -114,7 +112,7 @@ class Config:
 
 
 # `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
-# Two RL settings differ from the paper's, measured on the bundled problems (README, Results):
+# Three settings differ from the paper's, measured on the bundled problems (README, Results):
 # - temperature 0.5: at 0.8 the tiny model's samples fail on every problem its greedy decoding
 #   fails (0 of 8 samples on each of 27), so there is nothing to reinforce there; at 0.5 some pass.
 # - evaluation: pass@1 from 8 samples per problem at the rollout's sampling settings (what RL
@@ -141,10 +139,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
                                      epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            on_for_tiny = f.name in TINY_DEFAULTS  # --eval: tiny evaluates unless --no-eval
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction if on_for_tiny else "store_true",
-                                help=f.metadata["help"])
+        if f.type == "bool":  # --eval: tiny evaluates unless --no-eval
+            action = argparse.BooleanOptionalAction if f.name in TINY_DEFAULTS else "store_true"
+            parser.add_argument(flag, action=action, help=f.metadata["help"])
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str),
                                 help=f"{f.metadata['help']} (default: {f.default!r})")
@@ -188,9 +185,8 @@ def build_tiny(problems: list, seed: int):
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, bos_token_id=None,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return tok, LlamaForCausalLM(config)
 
 
@@ -204,8 +200,7 @@ def load_base(name: str, cfg: Config, device: torch.device):
                                bnb_4bit_compute_dtype=dtype) if use_4bit else None
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant,
-                                                    device_map={"": device})
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant, device_map={"": device})
     except (OSError, ValueError) as e:
         raise UsageError(f"could not load model '{path}' ({type(e).__name__}): check the name, the network, "
                          f"or pass a local directory; --model tiny needs no download") from None
@@ -218,8 +213,7 @@ def load_base(name: str, cfg: Config, device: torch.device):
 def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
     """LoRA policy (trainable adapter, frozen base, dropout 0) and a float32 value head."""
     from peft import LoraConfig, PeftModel, get_peft_model
-    for p in base.parameters():
-        p.requires_grad_(False)
+    base.requires_grad_(False)
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
@@ -235,12 +229,9 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
 
 
 def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
-    """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it.
-
-    One forward pass gives both the policy logits and the value (the "shared" value head).
-    Logits are divided by the sampling temperature, as in sampling (SPEC 5). Positions come
-    from the attention mask, so left padding does not shift them.
-    """
+    """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it, from
+    one forward pass (the value head is "shared"). Logits are divided by the sampling temperature, as
+    in sampling (SPEC 5). Positions come from the attention mask, so left padding does not shift them."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  output_hidden_states=True, logits_to_keep=n_gen + 1, use_cache=False)
@@ -348,11 +339,10 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
              batch_size: int, desc: str):
     """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,)."""
     policy.eval()
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
         ids, am = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
-            else dict(do_sample=False)
         out = policy.generate(input_ids=ids, attention_mask=am, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, **sampling)
         resp = out[:, ids.shape[1]:]                                                 # (b, g)
@@ -369,8 +359,7 @@ def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
     text = tok.decode(ids, skip_special_tokens=True)
     pieces = [tok.decode([i], skip_special_tokens=True) for i in ids]
     if "".join(pieces) != text:  # e.g. a character split across tokens: decode growing prefixes
-        pieces = [tok.decode(ids[:k + 1], skip_special_tokens=True) for k in range(len(ids))]
-        return text, [len(p) for p in pieces]
+        return text, [len(tok.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
     return text, list(itertools.accumulate(len(p) for p in pieces))
 
 
@@ -382,9 +371,9 @@ def prompt_prefix(canonical_prefix: str) -> str:
     return canonical_prefix.rstrip()
 
 
-def program_text(gen_text: str, chat: bool) -> str:
-    """The generated code: an instruct prompt ends in an opening fence, so cut at the closing one."""
-    return gen_text.split("```")[0] if chat else gen_text
+def program_text(gen_text: str, tok) -> str:
+    """The generated code: an instruct prompt (chat template) ends in an opening fence: cut at the closing one."""
+    return gen_text.split("```")[0] if getattr(tok, "chat_template", None) else gen_text
 
 
 def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result) -> str:
@@ -432,14 +421,13 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
     """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), and greedy decoding's pass rate ("greedy")."""
-    chat = bool(getattr(tok, "chat_template", None))
     ids, am = tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in problems], cfg, device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
     table: dict[str, dict[str, list[bool]]] = {}  # difficulty -> run -> passed, per sample
     for key, temperature, n in runs:
         resp, lengths = generate(policy, tok, ids.repeat(n, 1), am.repeat(n, 1), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
-        programs = [program_text(tok.decode(r[:k], skip_special_tokens=True), chat)
+        programs = [program_text(tok.decode(r[:k], skip_special_tokens=True), tok)
                     for r, k in zip(resp.tolist(), lengths.tolist())]
         for p, r in zip(problems * n, score(programs, problems * n, cfg)):
             for d in (p.difficulty, "overall"):
@@ -502,14 +490,11 @@ def train(cfg: Config):
     resuming = cfg.resume and ckpt.exists()
 
     # 1. Load the model. `tiny` is built and warm-started here (--sft-seed), then saved as the base model.
-    if cfg.model == "tiny":
-        if not (run_dir / "base").exists():
-            tok, model = build_tiny(problems, cfg.sft_seed)
-            warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device)
-            model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
-        tok, base = load_base(str(run_dir / "base"), cfg, device)
-    else:
-        tok, base = load_base(cfg.model, cfg, device)
+    if cfg.model == "tiny" and not (run_dir / "base").exists():
+        tok, model = build_tiny(problems, cfg.sft_seed)
+        warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device)
+        model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
+    tok, base = load_base(str(run_dir / "base") if cfg.model == "tiny" else cfg.model, cfg, device)
     rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
     torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
     policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
@@ -527,7 +512,6 @@ def train(cfg: Config):
         progress = json.loads((ckpt / "progress.json").read_text())
         start = progress["step"]
         cur.load_state_dict(progress["curriculum"])
-    chat = bool(getattr(tok, "chat_template", None))
 
     def run_eval(step: int):  # pass@1 at stage 0 on each problem set, into eval_step<N>.json. Its own
         # RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one
@@ -554,7 +538,7 @@ def train(cfg: Config):
                                  cfg.top_p, cfg.gen_batch_size, "generate")                   # (N, G), (N,)
         t_gen = time.time() - t0
         decoded = [decode_with_offsets(tok, r[:n]) for r, n in zip(b_resp.tolist(), b_len.tolist())]
-        gen_code = [program_text(text, chat) for text, _ in decoded]
+        gen_code = [program_text(text, tok) for text, _ in decoded]
 
         # 4. Sandbox: the reward is for the whole program, canonical prefix + generated code.
         t0 = time.time()
@@ -578,8 +562,8 @@ def train(cfg: Config):
                 executed = None if r.status == "compile_error" else r.executed_lines
                 b_fgo[i, :n] = torch.tensor(fgo_mask(ends, code, pre.count("\n") + 1, executed, eos))
         for i in range(min(cfg.show_rollouts, N)):
-            ends = decoded[i][1]
-            pieces = [decoded[i][0][a:b] for a, b in zip([0] + ends[:-1], ends)]
+            text, ends = decoded[i]
+            pieces = [text[a:b] for a, b in zip([0] + ends[:-1], ends)]
             tqdm.write(show_rollout(batch[i], stages[i], prefixes[i], pieces, b_fgo[i].tolist(), results[i]))
         b_ids = torch.cat([prompt_ids, b_resp], 1)                                     # (N, P+G)
         b_attn = torch.cat([prompt_mask, b_mask.long()], 1)                            # (N, P+G)
@@ -590,11 +574,10 @@ def train(cfg: Config):
         policy.eval()
         with torch.no_grad():
             parts, ref_parts = [], []
-            for i in range(0, N, cfg.minibatch_size):
-                sl = slice(i, i + cfg.minibatch_size)
-                parts.append(forward(policy, value_head, b_ids[sl], b_attn[sl], G, cfg.temperature))
+            for ids, attn in zip(b_ids.split(cfg.minibatch_size), b_attn.split(cfg.minibatch_size)):
+                parts.append(forward(policy, value_head, ids, attn, G, cfg.temperature))
                 with policy.disable_adapter():
-                    ref_parts.append(forward(policy, value_head, b_ids[sl], b_attn[sl], G, cfg.temperature)[0])
+                    ref_parts.append(forward(policy, value_head, ids, attn, G, cfg.temperature)[0])
             b_logprobs, b_entropy, b_values = (torch.cat(x) for x in zip(*parts))     # (N, G) each
             b_ref_logprobs = torch.cat(ref_parts)                                      # (N, G)
 
