@@ -53,6 +53,7 @@ from tqdm import tqdm
 import curriculum
 import sandbox
 
+
 @dataclass
 class Config:
     # --- model -------------------------------------------------------------------------
@@ -109,6 +110,7 @@ class Config:
     cccs_alpha: float = field(default=curriculum.ALPHA, metadata={"help": "CCCS moving pass-rate factor"})
     cccs_threshold: float = field(default=curriculum.RHO_T, metadata={"help": "CCCS pass rate that moves a problem one stage on"})
 
+
 # `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
 # Three settings differ from the paper's, measured on the bundled problems (README, Results):
 # - temperature 0.5: at 0.8 the tiny model's samples fail on every problem its greedy decoding
@@ -125,8 +127,10 @@ TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
 
+
 class UsageError(Exception):
     """Bad flags, files or model names: one line on stderr, exit code 2."""
+
 
 def parse_config(argv: list[str] | None = None) -> Config:
     """Every Config field is a flag; `--model tiny` changes the defaults the user did not set."""
@@ -164,7 +168,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
     return cfg
 
+
 # ----------------------------------------------------------------------------- model ---
+
 def build_tiny(problems: list, seed: int):
     """A small Llama and a byte-level BPE tokenizer trained on the problems: no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -182,6 +188,7 @@ def build_tiny(problems: list, seed: int):
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, bos_token_id=None,
                          tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return tok, LlamaForCausalLM(config)
+
 
 def load_base(name: str, cfg: Config, device: torch.device):
     """Tokenizer and base model from a hub id or a local directory, 4-bit NF4 where asked."""
@@ -202,6 +209,7 @@ def load_base(name: str, cfg: Config, device: torch.device):
     base.config.use_cache = True
     return tok, base
 
+
 def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
     """LoRA policy (trainable adapter, frozen base, dropout 0) and a float32 value head."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -219,6 +227,7 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
     nn.init.zeros_(value_head.weight), nn.init.zeros_(value_head.bias)
     return policy, value_head
 
+
 def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
     """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it, from
     one forward pass (the value head is "shared"). Logits are divided by the sampling temperature, as
@@ -235,7 +244,9 @@ def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperatu
     values = value_head(hidden).squeeze(-1)                                          # (B, G)
     return logprobs, entropy, values
 
+
 # ------------------------------------------------------------------------- the method ---
+
 def fgo_mask(token_ends: list[int], text: str, first_line: int,
              executed_lines: frozenset[int] | None, eos_index: int | None) -> list[float]:
     """FGO (paper Sec. 3.3): keep a generated token iff one of its characters is on an executed line.
@@ -256,6 +267,7 @@ def fgo_mask(token_ends: list[int], text: str, first_line: int,
         start = end
     return mask
 
+
 def kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef: float):
     """Eq. 4: r_t = -beta * (log pi(a_t) - log pi_ref(a_t)) on every generated token, plus the
     program's reward (Eq. 3) on its last token. All (B, G) except scores (B,)."""
@@ -264,6 +276,7 @@ def kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef: float):
     last = mask.sum(1).long() - 1                                                    # (B,)
     rewards[torch.arange(len(scores)), last] += scores
     return rewards, kl
+
 
 def compute_gae(rewards, values, mask, gamma: float, lam: float):
     """Eq. 2, generalised advantage estimation over the generated tokens; all (B, G).
@@ -281,13 +294,16 @@ def compute_gae(rewards, values, mask, gamma: float, lam: float):
         advantages[:, t] = next_adv
     return advantages, advantages + values
 
+
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
 
 def whiten(x, mask):
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef: float):
     """Eq. 1, the clipped surrogate, averaged over the tokens in `mask` (the FGO-kept ones)."""
@@ -301,18 +317,22 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef: float):
         clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
     return pg_loss, ratio, approx_kl, clipfrac
 
+
 def value_loss(values, old_values, returns, mask, vf_clip: float):
     """Clipped value loss (PPO practice, as in the paper's PPO setup) over generated tokens."""
     v_clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
+
 # ---------------------------------------------------------------------- rollout parts ---
+
 def tokenize_prompts(tok, texts: list[str], cfg: Config, device):
     """Left-padded prompt ids: the model continues every prompt from the same column."""
     chat = bool(getattr(tok, "chat_template", None))  # the chat template already carries BOS
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", truncation=True,
               truncation_side="left", max_length=cfg.max_prompt_tokens, add_special_tokens=not chat)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
 
 @torch.no_grad()
 def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
@@ -333,6 +353,7 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
     resp = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in chunks])
     return resp, torch.cat(lengths)                                                  # (N, G), (N,)
 
+
 def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
     """Text of the tokens and the end offset of each token in it (for FGO's token -> line map)."""
     text = tok.decode(ids, skip_special_tokens=True)
@@ -341,6 +362,7 @@ def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
         return text, [len(tok.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
     return text, list(itertools.accumulate(len(p) for p in pieces))
 
+
 def prompt_prefix(canonical_prefix: str) -> str:
     """The canonical prefix as it enters the prompt: without its final line break, which the policy
     writes. BPE tokenizers merge a newline with the next line's indentation ("\\n   " is one token),
@@ -348,9 +370,11 @@ def prompt_prefix(canonical_prefix: str) -> str:
     model, 97% of the first PPO step's rollouts then failed to compile; 53% with this)."""
     return canonical_prefix.rstrip()
 
+
 def program_text(gen_text: str, tok) -> str:
     """The generated code: an instruct prompt (chat template) ends in an opening fence: cut at the closing one."""
     return gen_text.split("```")[0] if getattr(tok, "chat_template", None) else gen_text
+
 
 def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result) -> str:
     """A rollout as a student should see it: the canonical prefix (prompt, no gradient), then the
@@ -363,9 +387,11 @@ def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list
             f"executed lines {sorted(result.executed_lines)}\n"
             f"(lines marked | are the canonical prefix of the stage, + are generated; ⟦masked by FGO⟧)\n{body}")
 
+
 def score(programs: list[str], problems: list, cfg: Config) -> list:
     return sandbox.run_batch([(code, p.tests) for code, p in zip(programs, problems)],
                              timeout=cfg.timeout, progress=True)
+
 
 def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device):
     """Supervised fine-tuning on prompt + canonical solution (loss on the solution only)."""
@@ -390,6 +416,7 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
+
 def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict:
     """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
@@ -412,7 +439,9 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
                                                for d, v in report.items()))
     return report
 
+
 # ----------------------------------------------------------------- checkpoint, resume ---
+
 def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cur, step: int, rng: random.Random):
     """Written to a temporary folder, then renamed: a crash never leaves half a checkpoint."""
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
@@ -425,6 +454,7 @@ def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cur, step: int
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
 
 def prepare_run_dir(cfg: Config) -> Path:
     run_dir = Path(cfg.out)
@@ -439,7 +469,9 @@ def prepare_run_dir(cfg: Config) -> Path:
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     return run_dir
 
+
 # ------------------------------------------------------------------------------ train ---
+
 def train(cfg: Config):
     """The whole run; returns (run directory, policy, value head) for tests and notebooks."""
     import logging, warnings
@@ -603,6 +635,7 @@ def train(cfg: Config):
         run_eval(cfg.steps)
     return run_dir, policy, value_head
 
+
 def main(argv: list[str] | None = None) -> int:
     try:
         train(parse_config(argv))
@@ -614,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
               "--gen-batch-size, fewer --max-new-tokens, or 4-bit loading (drop --no-4bit)", file=sys.stderr)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
