@@ -158,8 +158,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         cfg = Config(**{**tiny, **given})
     for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
                  "max_new_tokens", "ppo_epochs", "minibatch_size", "save_every", "lora_r", "eval_samples"):
-        if getattr(cfg, name) < (0 if name in ("steps", "sft_steps") else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+        if getattr(cfg, name) < (least := 0 if name in ("steps", "sft_steps") else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {getattr(cfg, name)}")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0 and cfg.eval_temperature >= 0):
         raise UsageError("need 0 < --top-p <= 1, --temperature > 0 and --eval-temperature >= 0")
     for name in ("data", "test_data") if cfg.eval else ("data",):
