@@ -2,6 +2,7 @@
 
     python3 bench/ablations.py                       # 3 seeds x 4 settings, tiny model, CPU
     python3 bench/ablations.py --seeds 0 --steps 10  # a quick look
+    python3 bench/ablations.py --settings stepcoder --eval-every 10 --out runs/curve  # pass@1 every 10 steps
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
@@ -9,7 +10,7 @@ reference policy is that SFT model, as with `--model tiny`), as the paper's runs
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
 per problem at the rollout temperature, and greedy), mean and spread (min..max) over seeds, and
-the reward / pass-rate curves as a PNG. Prints a markdown table for the README. Another
+the reward / pass-rate curves (and pass@1 at the evaluated steps) as a PNG. Prints a markdown table for the README. Another
 `--sft-seed` repeats it all from another warm-started model.
 """
 import argparse
@@ -26,6 +27,7 @@ import stepcoder  # noqa: E402
 
 SETTINGS = {"StepCoder (CCCS + FGO)": [], "w/o CCCS": ["--no-cccs"], "w/o FGO": ["--no-fgo"],
             "vanilla PPO": ["--no-cccs", "--no-fgo"]}
+SLUGS = {"-".join(f.strip("-") for f in flags) or "stepcoder": name for name, flags in SETTINGS.items()}
 
 
 def tiny_flags(steps: int) -> list[str]:
@@ -44,7 +46,8 @@ def plot(results: dict, seeds: list, png: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
         return
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8))
+    axes = axes.flat
     labels = {"reward": "rollout reward (all stages)", "reward_stage0": "rollout reward, stage-0 rollouts only",
               "pass_rate": "rollout pass rate (all stages)", "stage0": "share of problems at stage 0 (CCCS)"}
     for ax, (key, label) in zip(axes, labels.items()):
@@ -54,7 +57,14 @@ def plot(results: dict, seeds: list, png: str) -> None:
             smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
             ax.plot(range(1, len(mean) + 1), smooth, label=name)
         ax.set(xlabel="PPO step", ylabel=label)
-    axes[0].legend()
+    for name, runs in results.items():  # pass@1 at the evaluated steps: mean, bars min..max over seeds
+        curves = [r.get("pass_at_1") or [[0, r["before"]], [len(r["reward"]), r["after"]]] for r in runs]
+        ys = [[c[i][1] for c in curves] for i in range(len(curves[0]))]
+        mean = [statistics.mean(y) for y in ys]
+        axes[4].errorbar([t for t, _ in curves[0]], mean, marker="o", capsize=3, label=name,
+                         yerr=[[m - min(y) for m, y in zip(mean, ys)], [max(y) - m for m, y in zip(mean, ys)]])
+    axes[4].set(xlabel="PPO step", ylabel="pass@1, stage 0, train problems (min..max)")
+    axes[5].legend(*axes[0].get_legend_handles_labels(), loc="center"), axes[5].axis("off")
     fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
                  "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
     fig.tight_layout()
@@ -87,6 +97,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
     ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one warm start")
+    ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
+    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
@@ -97,22 +109,27 @@ def main() -> int:
         return 0
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
     shutil.rmtree(out, ignore_errors=True)
-    results = {name: [] for name in SETTINGS}
+    results = {SLUGS[slug]: [] for slug in args.settings}
     sft = out / "sft"
     stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
                                             "--test-data", data, "--data", data, "--out", str(sft)]))
     before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
     for seed in args.seeds:
-        for name, flags in SETTINGS.items():
-            run = out / f"{name.split()[0].lower()}{'-'.join(flags)}-seed{seed}"
-            stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(args.steps), "--seed", str(seed),
-                                                    "--test-data", data, "--data", data, "--out", str(run), *flags]))
-            # evaluated after RL only (before RL it is the warm start, evaluated above): a resume
-            # with no steps left; evaluation has its own RNG, so this equals evaluating in the run
-            stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(args.steps), "--eval"]))
-            after = json.loads((run / f"eval_step{args.steps}.json").read_text())["train"]["overall"]
+        for slug in args.settings:
+            name, run = SLUGS[slug], out / f"{slug}-seed{seed}"
+            stops = [*range(args.eval_every or args.steps, args.steps, args.eval_every or args.steps), args.steps]
+            stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(stops[0]), "--seed", str(seed),
+                                                    "--test-data", data, "--data", data, "--out", str(run), *SETTINGS[name]]))
+            # evaluated after RL only (before RL it is the warm start, evaluated above): resumes, the
+            # first with no steps left, each evaluating at its end. Evaluation has its own RNG and a
+            # resumed run continues exactly, so this equals one run evaluating at each stop.
+            for stop in stops:
+                stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval"]))
+            evals = [json.loads((run / f"eval_step{stop}.json").read_text())["train"]["overall"] for stop in stops]
+            after = evals[-1]
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             results[name].append({"seed": seed, "before": before["pass@1"], "after": after["pass@1"],
+                                  "pass_at_1": [[0, before["pass@1"]]] + [[t, e["pass@1"]] for t, e in zip(stops, evals)],
                                   "greedy_before": before["greedy"], "greedy_after": after["greedy"],
                                   "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
                                   "reward_stage0": [r["reward_stage0"] for r in curve],
