@@ -420,10 +420,11 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
 def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict:
     """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
-    for k = 1), and greedy decoding's pass rate ("greedy")."""
+    for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
+    greedy decoding's pass rate ("greedy")."""
     ids, am = tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in problems], cfg, device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
-    table: dict[str, dict[str, list[bool]]] = {}  # difficulty -> run -> passed, per sample
+    table: dict[str, dict[str, list[float]]] = {}  # difficulty -> run -> reward, per sample
     for key, temperature, n in runs:
         resp, lengths = generate(policy, tok, ids.repeat(n, 1), am.repeat(n, 1), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
@@ -431,12 +432,12 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
                     for r, k in zip(resp.tolist(), lengths.tolist())]
         for p, r in zip(problems * n, score(programs, problems * n, cfg)):
             for d in (p.difficulty, "overall"):
-                table.setdefault(d, {}).setdefault(key, []).append(r.status == "pass")
-    rate = lambda xs: sum(xs) / len(xs)
-    report = {d: {"pass@1": rate(c.get("pass@1", c["greedy"])), "greedy": rate(c["greedy"]), "n": len(c["greedy"])}
-              for d, c in table.items()}
-    tqdm.write(f"pass@1 ({tag})  " + "  ".join(f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, n={v['n']})"
-                                               for d, v in report.items()))
+                table.setdefault(d, {}).setdefault(key, []).append(r.reward)
+    rate, mean = (lambda xs: sum(x == 1.0 for x in xs) / len(xs)), (lambda xs: sum(xs) / len(xs))
+    report = {d: {"pass@1": rate(c.get("pass@1", c["greedy"])), "reward": mean(c.get("pass@1", c["greedy"])),
+                  "greedy": rate(c["greedy"]), "n": len(c["greedy"])} for d, c in table.items()}
+    tqdm.write(f"pass@1 ({tag})  " + "  ".join(f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward "
+                                               f"{v['reward']:+.3f}, n={v['n']})" for d, v in report.items()))
     return report
 
 

@@ -56,18 +56,18 @@ def plot(results: dict, seeds: list, png: str) -> None:
             mean = [statistics.mean([c[i] for c in curves if c[i] is not None] or [math.nan]) for i in range(len(curves[0]))]
             smooth = [statistics.mean(mean[max(0, i - 4):i + 1]) for i in range(len(mean))]
             ax.plot(range(1, len(mean) + 1), smooth, label=name)
-        ax.set(xlabel="PPO step", ylabel=label)
-    for name, runs in results.items():  # pass@1 at the evaluated steps: mean, bars min..max over seeds
-        curves = [r.get("pass_at_1") or [[0, r["before"]], [len(r["reward"]), r["after"]]] for r in runs]
-        ys = [[c[i][1] for c in curves] for i in range(len(curves[0]))]
-        mean = [statistics.mean(y) for y in ys]
-        axes[4].errorbar([t for t, _ in curves[0]], mean, marker="o", capsize=3, label=name,
-                         yerr=[[m - min(y) for m, y in zip(mean, ys)], [max(y) - m for m, y in zip(mean, ys)]])
-    axes[4].set(xlabel="PPO step", ylabel="pass@1, stage 0, train problems (min..max)")
-    axes[5].legend(*axes[0].get_legend_handles_labels(), loc="center"), axes[5].axis("off")
+        ax.set(xlabel="PPO step", title=label)
+    for ax, key, label in ((axes[4], "pass_at_1", "pass@1"), (axes[5], "eval_reward", "mean reward")):
+        for name, runs in results.items():  # at the evaluated steps (stage 0, train problems): mean, bars min..max
+            ys = list(zip(*[[y for _, y in r[key]] for r in runs]))
+            mean = [statistics.mean(y) for y in ys]
+            ax.errorbar([t for t, _ in runs[0][key]], mean, marker="o", capsize=3, label=name,
+                        yerr=[[m - min(y) for m, y in zip(mean, ys)], [max(y) - m for m, y in zip(mean, ys)]])
+        ax.set(xlabel="PPO step", title=f"evaluation: {label}, stage 0 (bars: seeds' min..max)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(results))
     fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
                  "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     print(f"curves: {png}")
@@ -82,13 +82,15 @@ def table(results: dict) -> None:
         ends = [[x for x in r[key] if x is not None] or [math.nan] for r in runs]
         return f"{statistics.mean(statistics.mean(e[:5]) for e in ends):+.3f} -> {statistics.mean(statistics.mean(e[-5:]) for e in ends):+.3f}"
     print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
-          "change | reward, first 5 -> last 5 steps | stage-0 rollouts' reward |")
-    print("|---|---|---|---|---|---|---|")
+          "change | evaluation reward: before -> after | rollout reward, first 5 -> last 5 steps | stage-0 rollouts' reward |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         greedy = f"{cell([r['greedy_before'] for r in runs])} -> {cell([r['greedy_after'] for r in runs])}, " \
                  f"{statistics.mean(r['greedy_after'] - r['greedy_before'] for r in runs):+.3f}"
         print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
-              f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {greedy} | {first_last(runs, 'reward')} | "
+              f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {greedy} | "
+              f"{cell([r['eval_reward'][0][1] for r in runs], '+.3f')} -> {cell([r['eval_reward'][-1][1] for r in runs], '+.3f')} | "
+              f"{first_last(runs, 'reward')} | "
               f"{first_last(runs, 'reward_stage0')} |")
 
 
@@ -130,6 +132,7 @@ def main() -> int:
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             results[name].append({"seed": seed, "before": before["pass@1"], "after": after["pass@1"],
                                   "pass_at_1": [[0, before["pass@1"]]] + [[t, e["pass@1"]] for t, e in zip(stops, evals)],
+                                  "eval_reward": [[0, before["reward"]]] + [[t, e["reward"]] for t, e in zip(stops, evals)],
                                   "greedy_before": before["greedy"], "greedy_after": after["greedy"],
                                   "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
                                   "reward_stage0": [r["reward_stage0"] for r in curve],
