@@ -21,6 +21,8 @@ Departures from the paper and why:
    (APPS keeps some Python 2); list-valued stdin tests are joined by newlines, as in CodeRL.
 5. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
    chat models get it inside their template, then "```python\\n" opens the answer.
+6. A program whose first conditional is on line 1 (`for _ in range(int(input())):`) would get a
+   stage 1 with an empty prefix, plain generation twice over: it has K - 1 completion stages.
 """
 import argparse
 import ast
@@ -177,7 +179,8 @@ def stage_prefixes(code: str) -> list[str]:
         return [""]
     K = math.ceil(math.sqrt(len(points)))
     S = math.ceil(len(points) / K)  # stage c holds the lines above point S*(c-1); they end with "\n"
-    return ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)] + [""]
+    prefixes = ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)]
+    return [pre for pre in prefixes if pre] + [""]  # departure 6: no completion stage without a prefix
 
 
 class Curriculum:

@@ -18,7 +18,8 @@ Departures from the paper / the APPS harness, and why:
    whose lines all ran and stops after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`,
    or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced for the verdict.
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
-   set comparison (false passes). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
+   set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
+   would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
 4. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
    `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
 5. Per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
@@ -79,14 +80,17 @@ class ExecResult:
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
 
 # ---------------------------------------------------------------- comparison (SPEC §2)
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
 
 def outputs_match(got: str, want: str) -> bool:
-    """stdin tests: equal whitespace tokens, or every token pair equal or numbers within 1e-6."""
+    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 3)."""
     a, b = got.split(), want.split()
-    return a == b or len(a) == len(b) and all(
-        x == y or _NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)
-        and math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6) for x, y in zip(a, b))
+    return a == b or len(a) == len(b) and all(x == y or _same_number(x, y) for x, y in zip(a, b))
+
+def _same_number(x: str, y: str) -> bool:  # integers exactly; other numbers within 1e-6 absolute or relative
+    if _INTEGER.fullmatch(x) and _INTEGER.fullmatch(y):
+        return int(x) == int(y)
+    return bool(_NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)) and math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6)
 
 def values_match(got, want) -> bool:
     """Call-based tests: `==` with tuples as lists and floats within 1e-6; APPS's [value] too."""

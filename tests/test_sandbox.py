@@ -126,6 +126,9 @@ def test_thread_idiom_output_is_waited_for():
     ("1 2\n3\n", "1 2 3", True),              # whitespace is only a separator
     ("0.3333333", "0.33333333333", True),      # within 1e-6 absolute
     ("1000000.4", "1000000.0", True),          # within 1e-6 relative
+    ("1000001", "1000000", False),             # integers compare exactly (within 1e-6 relative)
+    ("+7", "7", True), ("007", "7", True),     # ... as numbers
+    ("1000000.0", "1000001", True),            # a float on either side: the tolerance applies
     ("0.1", "0.1001", False),
     ("3 1 2", "1 2 3", False),                 # no set comparison
     ("YES", "yes", False),                     # no lower-casing
