@@ -228,10 +228,18 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
     return policy, value_head
 
 
+def drop_shared_padding(ids, attention_mask):
+    """Drop the left-padding columns that every row has: never computed, and nothing changes (positions
+    come from the mask). Batches are padded to the longest prompt of the whole step or evaluation."""
+    pad = int(attention_mask.any(0).int().argmax())
+    return ids[:, pad:], attention_mask[:, pad:]
+
+
 def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
     """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it, from
     one forward pass (the value head is "shared"). Logits are divided by the sampling temperature, as
     in sampling (SPEC 5). Positions come from the attention mask, so left padding does not shift them."""
+    input_ids, attention_mask = drop_shared_padding(input_ids, attention_mask)     # (B, T)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  output_hidden_states=True, logits_to_keep=n_gen + 1, use_cache=False)
@@ -343,6 +351,7 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
         ids, am = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
+        ids, am = drop_shared_padding(ids, am)
         out = policy.generate(input_ids=ids, attention_mask=am, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, **sampling)
         resp = out[:, ids.shape[1]:]                                                 # (b, g)
@@ -422,15 +431,19 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
     greedy decoding's pass rate ("greedy")."""
-    ids, am = tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in problems], cfg, device)
+    prompts = [curriculum.build_prompt(p, tok) for p in problems]
+    order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))  # batches of similar lengths pad less
+    problems = [problems[i] for i in order]
+    ids, am = tokenize_prompts(tok, [prompts[i] for i in order], cfg, device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
     table: dict[str, dict[str, list[float]]] = {}  # difficulty -> run -> reward, per sample
     for key, temperature, n in runs:
-        resp, lengths = generate(policy, tok, ids.repeat(n, 1), am.repeat(n, 1), cfg.max_new_tokens,
+        resp, lengths = generate(policy, tok, ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
         programs = [program_text(tok.decode(r[:k], skip_special_tokens=True), tok)
                     for r, k in zip(resp.tolist(), lengths.tolist())]
-        for p, r in zip(problems * n, score(programs, problems * n, cfg)):
+        samples = [p for p in problems for _ in range(n)]
+        for p, r in zip(samples, score(programs, samples, cfg)):
             for d in (p.difficulty, "overall"):
                 table.setdefault(d, {}).setdefault(key, []).append(r.reward)
     rate, mean = (lambda xs: sum(x == 1.0 for x in xs) / len(xs)), (lambda xs: sum(xs) / len(xs))

@@ -138,6 +138,25 @@ def test_ratio_is_one_on_the_first_minibatch(tmp_path):
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
 
 
+def test_forward_is_the_same_with_more_left_padding(tmp_path):
+    # forward drops padding columns shared by every row, and positions come from the mask: extra
+    # left padding (as when a batch is padded to a longer prompt elsewhere in the step) changes nothing
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    policy, value_head = stepcoder.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
+    texts = [stepcoder.curriculum.build_prompt(p) + p.canonical_solution for p in problems[:3]]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    extra = 7  # columns of padding in every row
+    ids2 = torch.cat([torch.full((3, extra), tok.pad_token_id), ids], 1)
+    am2 = torch.cat([torch.zeros(3, extra, dtype=am.dtype), am], 1)
+    assert stepcoder.drop_shared_padding(ids2, am2)[0].shape == ids.shape
+    with torch.no_grad():
+        for a, b in zip(stepcoder.forward(policy, value_head, ids, am, 20, 0.8),
+                        stepcoder.forward(policy, value_head, ids2, am2, 20, 0.8)):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_adapters_change_and_base_weights_do_not(tmp_path):
     cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "2", "--lr", "1e-2"))
     _, policy, value_head = stepcoder.train(cfg)
