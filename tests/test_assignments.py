@@ -384,6 +384,8 @@ MATCH_CASES = [  # (program's stdout, expected output, pass?)
     ("0.3333333", "0.333333333", True),     # ... absolute
     ("-0.5000000001", "-0.5", True),
     ("1e-9", "0", True),
+    ("1000000", "1000001", False),          # two integers: exactly (1e-6 relative would pass them)
+    ("007", "7", True),                     # ... as numbers
     ("0.5", "0.50001", False),              # 1e-5 apart: too far
     ("yes\n", "YES\n", False),              # no lower-casing
     ("Yes", "YES", False),
@@ -608,8 +610,11 @@ def outputs_match_variant(bug):
                 return float(x)
             except ValueError:
                 return None
+        def integers(x, y):
+            return bug != "integer_tolerance" and re.fullmatch(r"[+-]?\d+", x) and re.fullmatch(r"[+-]?\d+", y)
         return a == b or bug != "tokens_only" and len(a) == len(b) and all(
-            x == y or num(x) is not None and num(y) is not None and math.isclose(num(x), num(y), rel_tol=tol, abs_tol=tol)
+            x == y or num(x) is not None and num(y) is not None and (int(x) == int(y) if integers(x, y) else
+                                                                     math.isclose(num(x), num(y), rel_tol=tol, abs_tol=tol))
             for x, y in zip(a, b))
     return outputs_match
 
@@ -640,7 +645,7 @@ WRONG += [("curriculum_update", bug, update_variant(bug)) for bug in
           ("toward_harder", "no_rho_reset", "moves_past_0", "ignores_stale", "alpha_swapped", "ge_threshold")]
 WRONG += [("outputs_match", bug, outputs_match_variant(bug)) for bug in
           ("exact_string", "strip_only", "lowercase", "sorted", "set", "zip_without_length", "loose_tolerance",
-           "tokens_only", "float_everything")]
+           "tokens_only", "float_everything", "integer_tolerance")]
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
