@@ -436,7 +436,7 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
     problems = [problems[i] for i in order]
     ids, am = tokenize_prompts(tok, [prompts[i] for i in order], cfg, device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
-    table: dict[str, dict[str, list[float]]] = {}  # difficulty -> run -> reward, per sample
+    table: dict[str, dict[str, list[float]]] = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # -> run -> rewards
     for key, temperature, n in runs:
         resp, lengths = generate(policy, tok, ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
@@ -445,10 +445,10 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
         samples = [p for p in problems for _ in range(n)]
         for p, r in zip(samples, score(programs, samples, cfg)):
             for d in (p.difficulty, "overall"):
-                table.setdefault(d, {}).setdefault(key, []).append(r.reward)
+                table[d].setdefault(key, []).append(r.reward)
     rate, mean = (lambda xs: sum(x == 1.0 for x in xs) / len(xs)), (lambda xs: sum(xs) / len(xs))
     report = {d: {"pass@1": rate(c.get("pass@1", c["greedy"])), "reward": mean(c.get("pass@1", c["greedy"])),
-                  "greedy": rate(c["greedy"]), "n": len(c["greedy"])} for d, c in table.items()}
+                  "greedy": rate(c["greedy"]), "n": len(c["greedy"])} for d, c in table.items() if c}
     tqdm.write(f"pass@1 ({tag})  " + "  ".join(f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward "
                                                f"{v['reward']:+.3f}, n={v['n']})" for d, v in report.items()))
     return report
