@@ -264,7 +264,7 @@ def stats(problems: list[Problem]) -> str:
     diff, tests = Counter(p.difficulty for p in problems), [len(p.inputs) for p in problems]
     out = [f"{len(problems)} problems: " + ", ".join(f"{d} {diff[d]}" for d in DIFFICULTIES),
            f"stdin {len(problems) - calls}, call-based {calls} ({cls} as class Solution methods)",
-           f"tests per problem: min {min(tests)}, max {max(tests)}", "E (conditional statements): stages K+1, problems"]
+           f"tests per problem: min {min(tests)}, max {max(tests)}", "E (conditional statements): stages K+1 (K with split point 0 on line 1), problems"]
     for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
         out.append(f"  E={e:3d}  K+1={math.ceil(math.sqrt(e)) + 1:2d}  {n:4d} {'#' * n}")
     return "\n".join(out)

@@ -35,13 +35,14 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   ptrace your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads (pyenv may sit
   under /root, mode 700). Not root: it runs as you, with no process limit (RLIMIT_NPROC would count all
   your processes): a fork bomb lives until the deadline.
-- Landlock ABI >= 1: writes only beneath the worker's temp dir (and /dev/null); reads only there, the
-  Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not your repo or
-  data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets of, processes
-  outside (else, not root, it may signal yours). Missing levels: warned once.
-- NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup); disk space
-  in the temp dir; the kernel (no seccomp); CPU shared with other tests. A program can forge its coverage
-  and call-based return value, but cannot see expected outputs. A reward harness, not a jail for hostile code.
+- Landlock ABI >= 1: writes only beneath the worker's temp dir, to its stdio (memfds) and /dev/null; reads
+  only there, the Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not
+  your repo or data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets
+  of, processes outside (else, not root, it may signal yours). Missing levels: warned once.
+- NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup; stdio in
+  RAM, 16 MiB a file); disk space in the temp dir; the kernel (no seccomp); CPU shared with other tests. A
+  program can forge its coverage and call-based return value, but cannot see expected outputs. A reward
+  harness, not a jail for hostile code.
 """
 import argparse, atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource
 import select, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
