@@ -9,9 +9,10 @@ base model is shared by all runs (`--model RUN/base` loads it like any local mod
 reference policy is that SFT model, as with `--model tiny`), as the paper's runs start from one
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
-per problem at the rollout temperature, and greedy), mean and spread (min..max) over seeds, and
-the reward / pass-rate curves (and pass@1 at the evaluated steps) as a PNG. Prints a markdown table for the README. Another
-`--sft-seed` repeats it all from another warm-started model.
+per problem at the rollout temperature, and greedy) and the same samples' mean reward, mean and
+spread (min..max) over seeds; the rollout reward / pass-rate curves, and pass@1 and reward at the
+evaluated steps, as a PNG. Prints a markdown table for the README. Another `--sft-seed` repeats it
+all from another warm-started model.
 """
 import argparse
 import json
