@@ -21,8 +21,9 @@ Departures from the paper and why:
    (APPS keeps some Python 2); list-valued stdin tests are joined by newlines, as in CodeRL.
 5. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
    chat models get it inside their template, then "```python\\n" opens the answer.
-6. A program whose first conditional is on line 1 (`for _ in range(int(input())):`) would get a
-   stage 1 with an empty prefix, plain generation twice over: it has K - 1 completion stages.
+6. A program whose first conditional is on line 1 (`for _ in range(int(input())):`, or below
+   only blank and comment lines) would get a stage 1 with no code in its prefix, plain
+   generation twice over: that stage is dropped, leaving K - 1 completion stages.
 """
 import argparse
 import ast
@@ -180,7 +181,8 @@ def stage_prefixes(code: str) -> list[str]:
     K = math.ceil(math.sqrt(len(points)))
     S = math.ceil(len(points) / K)  # stage c holds the lines above point S*(c-1); they end with "\n"
     prefixes = ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)]
-    return [pre for pre in prefixes if pre] + [""]  # departure 6: no completion stage without a prefix
+    has_code = lambda pre: any(line.strip() and not line.lstrip().startswith("#") for line in _lines(pre))
+    return [pre for pre in prefixes if has_code(pre)] + [""]  # departure 6: no completion stage without code
 
 
 class Curriculum:
@@ -220,7 +222,8 @@ class Curriculum:
     def load_state_dict(self, state: dict) -> None:
         for pid, c, rho in state["problems"]:
             if pid not in self.stages or not 0 <= c < len(self.prefixes[pid]):
-                raise ValueError(f"curriculum state: problem {pid!r} at stage {c} is not among the loaded problems")
+                raise ValueError(f"curriculum state: problem {pid!r} at stage {c} is not among the loaded problems "
+                                 "(a checkpoint of other data, or of a curriculum.py that cut stages otherwise)")
             self.stages[pid], self.rho[pid] = c, float(rho)
         self.alpha, self.rho_t, self.enabled = state["alpha"], state["rho_t"], state["enabled"]
 

@@ -44,7 +44,7 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   program can forge its coverage and call-based return value, but cannot see expected outputs. A reward
   harness, not a jail for hostile code.
 """
-import argparse, atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource
+import argparse, atexit, contextlib, ctypes, decimal, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource
 import select, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 from dataclasses import asdict, dataclass, field
 
@@ -88,9 +88,9 @@ def outputs_match(got: str, want: str) -> bool:
     a, b = got.split(), want.split()
     return a == b or len(a) == len(b) and all(x == y or _same_number(x, y) for x, y in zip(a, b))
 
-def _same_number(x: str, y: str) -> bool:  # integers exactly; other numbers within 1e-6 absolute or relative
+def _same_number(x: str, y: str) -> bool:  # integers exactly (any length); others within 1e-6 absolute or relative
     if _INTEGER.fullmatch(x) and _INTEGER.fullmatch(y):
-        return int(x) == int(y)
+        return decimal.Decimal(x) == decimal.Decimal(y)
     return bool(_NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)) and math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6)
 
 def values_match(got, want) -> bool:

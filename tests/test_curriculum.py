@@ -119,6 +119,7 @@ def test_e17():
 def test_first_line_conditional_gets_no_stage_with_an_empty_prefix():
     # stage 1 would be the lines above line 1: nothing, the same task as stage 0 (departure 6)
     assert stage_prefixes("for _ in range(int(input())):\n    print(1)\n") == [""]
+    assert stage_prefixes("\n# read\nfor _ in range(int(input())):\n    print(1)\n") == [""]  # blank lines, comments
     code = "for _ in range(int(input())):\n    n = int(input())\n    if n:\n        print(n)\n"
     assert stage_prefixes(code) == [first_lines(code, 2), ""]  # E = 2: K = 2, S = 1: stage 2 cuts at line 3
     code = "for t in range(3):\n    a = t\n    if a:\n        b = 1\n    while b:\n        b -= 1\n    if a:\n        pass\n"

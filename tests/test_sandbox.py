@@ -128,6 +128,7 @@ def test_thread_idiom_output_is_waited_for():
     ("1000000.4", "1000000.0", True),          # within 1e-6 relative
     ("1000001", "1000000", False),             # integers compare exactly (within 1e-6 relative)
     ("+7", "7", True), ("007", "7", True),     # ... as numbers
+    ("0" + "9" * 5000, "9" * 5000, True), ("9" * 5000, "9" * 4999 + "8", False),  # past int()'s 4300 digits
     ("1000000.0", "1000001", True),            # a float on either side: the tolerance applies
     ("0.1", "0.1001", False),
     ("3 1 2", "1 2 3", False),                 # no set comparison
