@@ -105,29 +105,36 @@ def main() -> int:
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
+    ap.add_argument("--continue", dest="cont", action="store_true",
+                    help="keep OUT's finished warm start and runs (an interrupted bench, same flags): redo only the unfinished ones")
     args = ap.parse_args()
     if args.replot:
         results = json.loads((Path(args.out) / "results.json").read_text())
         table(results), plot(results, args.seeds, args.png)
         return 0
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.cont:
+        shutil.rmtree(out, ignore_errors=True)
     results = {SLUGS[slug]: [] for slug in args.settings}
     sft = out / "sft"
-    stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
+    if not (sft / "eval_step0.json").exists():
+        shutil.rmtree(sft, ignore_errors=True)
+        stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
                                             "--test-data", data, "--data", data, "--out", str(sft)]))
     before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
     for seed in args.seeds:
         for slug in args.settings:
             name, run = SLUGS[slug], out / f"{slug}-seed{seed}"
             stops = [*range(args.eval_every or args.steps, args.steps, args.eval_every or args.steps), args.steps]
-            stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(stops[0]), "--seed", str(seed),
-                                                    "--test-data", data, "--data", data, "--out", str(run), *SETTINGS[name]]))
-            # evaluated after RL only (before RL it is the warm start, evaluated above): resumes, the
-            # first with no steps left, each evaluating at its end. Evaluation has its own RNG and a
-            # resumed run continues exactly, so this equals one run evaluating at each stop.
-            for stop in stops:
-                stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval"]))
+            if not (run / f"eval_step{args.steps}.json").exists():  # else finished (kept by --continue)
+                shutil.rmtree(run, ignore_errors=True)
+                stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(stops[0]), "--seed", str(seed),
+                                                        "--test-data", data, "--data", data, "--out", str(run), *SETTINGS[name]]))
+                # evaluated after RL only (before RL it is the warm start, evaluated above): resumes, the
+                # first with no steps left, each evaluating at its end. Evaluation has its own RNG and a
+                # resumed run continues exactly, so this equals one run evaluating at each stop.
+                for stop in stops:
+                    stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval"]))
             evals = [json.loads((run / f"eval_step{stop}.json").read_text())["train"]["overall"] for stop in stops]
             after = evals[-1]
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
