@@ -13,9 +13,10 @@ stepcoder.train(parse_config(["--model", DIR, "--steps", "2", ...])) with the de
 (problems_per_step x samples_per_problem rollouts, gen_batch_size, minibatch_size, 2 PPO epochs)
 and max_new_tokens 1024. On CUDA the base is 4-bit NF4 (the trainer's default there), with LoRA
 and the value head. It measures torch.cuda.max_memory_allocated / max_memory_reserved over the
-whole run, seconds per PPO step (t_generate + t_score + t_update from metrics.jsonl, mean over the
-steps after the first) and generated tokens per second, and prints budget / peak reserved, the
-ratio against the 24 GiB target (> 1 fits). Each architecture runs in turn; an OOM is reported.
+whole run, and the peak allocated during the rollouts' generate apart from the rest (log-probs,
+PPO update), seconds per PPO step (t_generate + t_score + t_update from metrics.jsonl, mean over
+the steps after the first) and generated tokens per second, and prints budget / peak reserved,
+the ratio against the 24 GiB target (> 1 fits). Each architecture runs in turn; an OOM is reported.
 
 Caveats:
   * Random weights rarely emit EOS, so every rollout runs to max_new_tokens: the worst case for
@@ -112,9 +113,22 @@ def measure(arch: str, args, out_root: str) -> dict:
                params=n_params, max_new_tokens=max_new, max_prompt_tokens=max(prompt_lens), trainer_argv=argv)
     row.update(rollouts=cfg.problems_per_step * cfg.samples_per_problem, gen_batch_size=cfg.gen_batch_size,
                minibatch_size=cfg.minibatch_size)
+    peaks = {"generate": [0.0, 0.0], "other": [0.0, 0.0]}  # GiB allocated, reserved: rollouts vs the rest
+    def read_peaks(phase):  # the peak since the last read goes to `phase`; then reset the counters
+        for i, peak in enumerate((torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())):
+            peaks[phase][i] = max(peaks[phase][i], peak / GIB)
+        torch.cuda.reset_peak_memory_stats()
+    def generate(*a, **kw):  # stepcoder.train looks generate up at each call: this wraps the rollouts
+        read_peaks("other")
+        try:
+            return plain_generate(*a, **kw)
+        finally:
+            read_peaks("generate")
+    plain_generate = stepcoder.generate
     if cuda:
         row["start_allocated_gib"] = torch.cuda.memory_allocated() / GIB  # left over from an earlier arch
         torch.cuda.reset_peak_memory_stats()
+        stepcoder.generate = generate
     try:
         run_dir, policy, value_head = stepcoder.train(cfg)
     except torch.cuda.OutOfMemoryError as e:
@@ -127,10 +141,14 @@ def measure(arch: str, args, out_root: str) -> dict:
         row.update(status="ok", s_per_step=mean("t_generate") + mean("t_score") + mean("t_update"),
                    t_generate=mean("t_generate"), t_score=mean("t_score"), t_update=mean("t_update"),
                    gen_tokens_per_s=mean("gen_tokens_per_s"))
+    finally:
+        stepcoder.generate = plain_generate
     if cuda:
-        row.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB,
-                   peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
-        row["budget_over_peak"] = BUDGET / torch.cuda.max_memory_reserved()  # after an OOM: an upper bound
+        read_peaks("other")
+        row.update(peak_allocated_gib=max(peaks["generate"][0], peaks["other"][0]),
+                   peak_reserved_gib=max(peaks["generate"][1], peaks["other"][1]),
+                   generate_peak_allocated_gib=peaks["generate"][0], other_peak_allocated_gib=peaks["other"][0])
+        row["budget_over_peak"] = BUDGET / (row["peak_reserved_gib"] * GIB)  # after an OOM: an upper bound
     else:  # a stand-in so the CPU table is not empty; not comparable to GPU memory
         row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     gc.collect(), cuda and torch.cuda.empty_cache()
@@ -177,6 +195,10 @@ def main(argv=None) -> int:
                f"{r['budget_over_peak']:.2f}x") if "peak_reserved_gib" in r else \
             f"{'(CPU RSS ' + format(r['peak_rss_gib'], '.2f') + 'G)':>21}{'n/a':>11}"
         print(f"{r['arch']:<15}{r['params'] / 1e9:>6.2f}B{r['status']:>7}{speed}{mem}")
+    for r in rows:
+        if "generate_peak_allocated_gib" in r:
+            print(f"{r['arch']}: peak allocated during the rollouts (generate) {r['generate_peak_allocated_gib']:.2f} GiB, "
+                  f"during the rest (log-probs, PPO update) {r['other_peak_allocated_gib']:.2f} GiB")
     r0 = rows[0]
     print(f"{datetime.date.today()}, {r0['device']}, torch {torch.__version__}; {r0['rollouts']} rollouts/step "
           f"(gen batch {r0['gen_batch_size']}, minibatch {r0['minibatch_size']}), max_new_tokens {r0['max_new_tokens']}, "
