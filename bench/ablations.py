@@ -3,6 +3,7 @@
     python3 bench/ablations.py                       # 3 seeds x 4 settings, tiny model, CPU
     python3 bench/ablations.py --seeds 0 --steps 10  # a quick look
     python3 bench/ablations.py --settings stepcoder --eval-every 10 --out runs/curve  # pass@1 every 10 steps
+    python3 bench/ablations.py --eval-every 10 --continue   # after an interruption: only the unfinished runs
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
@@ -120,7 +121,7 @@ def main() -> int:
     if not (sft / "eval_step0.json").exists():
         shutil.rmtree(sft, ignore_errors=True)
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
-                                            "--test-data", data, "--data", data, "--out", str(sft)]))
+                                                "--test-data", data, "--data", data, "--out", str(sft)]))
     before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
     for seed in args.seeds:
         for slug in args.settings:
