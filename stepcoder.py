@@ -16,7 +16,7 @@ What it implements (Dou et al., 2024, arXiv 2402.01391; ../shared/SPEC.md):
 
 Where this departs from the paper, and why:
     1. LoRA on a 4-bit NF4 base instead of full fine-tuning: the paper trains 6.7B on many GPUs;
-       we fit 1.3B (or 6.7B) on one 24 GB GPU. Only the adapter and the value head learn.
+       we target 1.3B on one 24 GB GPU (peak 22.6 GiB allocated, README); only the adapter and value head learn.
        4-bit compute is bf16 on CUDA, float32 on the CPU (`--load-in-4bit`, for tests).
     2. The reference policy is "adapters off". For `tiny` the SFT warm start trains the base weights
        before the adapter exists, so the reference is exactly the SFT model (as in the paper). A
