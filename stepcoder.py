@@ -122,7 +122,7 @@ class Config:
 #   from the last token, so a token 90 or more tokens before the end gets < 1% of it.
 TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
                      steps=30, lr=2e-4, problems_per_step=8, samples_per_problem=4, temperature=0.5, lam=1.0,
-                     minibatch_size=8, gen_batch_size=32, timeout=2.0, lora_r=16,
+                     minibatch_size=8, gen_batch_size=64, timeout=2.0, lora_r=16,
                      eval=True, eval_temperature=0.5, eval_top_p=0.9, eval_samples=8)
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
@@ -229,17 +229,21 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
 
 
 def drop_shared_padding(ids, attention_mask):
-    """Drop the left-padding columns that every row has: never computed, and nothing changes (positions
-    come from the mask). Batches are padded to the longest prompt of the whole step or evaluation."""
-    pad = int(attention_mask.any(0).int().argmax())
-    return ids[:, pad:], attention_mask[:, pad:]
+    """Drop the padding columns that every row has, left and right: never computed, and nothing changes
+    (positions come from the mask, attention is causal). Prompts are left-padded to the longest of the
+    whole step or evaluation, responses right-padded to the longest of the step. -> ids, mask, n dropped right"""
+    used = attention_mask.any(0).int()                                               # (T,)
+    left, right = int(used.argmax()), int(used.flip(0).argmax())
+    end = attention_mask.shape[1] - right
+    return ids[:, left:end], attention_mask[:, left:end], right
 
 
 def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
     """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it, from
     one forward pass (the value head is "shared"). Logits are divided by the sampling temperature, as
     in sampling (SPEC 5). Positions come from the attention mask, so left padding does not shift them."""
-    input_ids, attention_mask = drop_shared_padding(input_ids, attention_mask)     # (B, T)
+    input_ids, attention_mask, n_pad = drop_shared_padding(input_ids, attention_mask)  # (B, T)
+    n_gen -= n_pad  # response columns no row uses are not computed: their outputs are 0 (masked anyway)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  output_hidden_states=True, logits_to_keep=n_gen + 1, use_cache=False)
@@ -250,7 +254,7 @@ def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperatu
         entropy = -(logp_all.exp() * logp_all).sum(-1)                               # (B, G)
     hidden = out.hidden_states[-1][:, -n_gen - 1:-1].float()                         # (B, G, H)
     values = value_head(hidden).squeeze(-1)                                          # (B, G)
-    return logprobs, entropy, values
+    return tuple(nn.functional.pad(x, (0, n_pad)) for x in (logprobs, entropy, values))
 
 
 # ------------------------------------------------------------------------- the method ---
@@ -351,9 +355,10 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
         ids, am = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
-        ids, am = drop_shared_padding(ids, am)
+        ids, am, _ = drop_shared_padding(ids, am)
         out = policy.generate(input_ids=ids, attention_mask=am, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, **sampling)
+                              eos_token_id=tok.eos_token_id, cache_implementation="static", disable_compile=True,
+                              **sampling)  # a preallocated KV cache: no copy of the cache per token
         resp = out[:, ids.shape[1]:]                                                 # (b, g)
         is_eos = resp == tok.eos_token_id
         first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, resp.shape[1])

@@ -151,6 +151,12 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
     ids = torch.cat([torch.full((3, 7), tok.pad_token_id), enc["input_ids"]], 1)  # 7 shared padding columns
     am = torch.cat([torch.zeros(3, 7, dtype=torch.long), enc["attention_mask"]], 1)
     assert stepcoder.drop_shared_padding(ids, am)[0].shape == enc["input_ids"].shape
+    right = lambda x, v: torch.cat([x, torch.full((3, 5), v)], 1)  # and 5 shared columns on the right
+    with torch.no_grad():  # dropped, not computed: outputs 0 there, the rest as computed with them
+        trimmed, full = stepcoder.forward(policy, value_head, right(ids, tok.pad_token_id), right(am, 0), 25, 0.8), \
+            stepcoder.forward(policy, value_head, right(ids, tok.pad_token_id), right(am, 1), 25, 0.8)
+    for a, b in zip(trimmed, full):
+        assert a.shape == (3, 25) and not a[:, 20:].any() and torch.allclose(a[:, :20], b[:, :20], atol=1e-5)
     assert len(set(am.sum(1).tolist())) > 1  # rows of different lengths: some keep padding of their own
     policy.eval()
     with torch.no_grad():

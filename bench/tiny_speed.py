@@ -1,0 +1,102 @@
+"""Is the default tiny run under 10 minutes, and what do the trainer's two speed-ups buy? (CPU)
+
+    python3 bench/tiny_speed.py          # the two speed-ups, each against its baseline, ~2 min
+    python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, ~10 min
+
+Measured in the same run, with the tiny model (random weights: every sample runs to the limit):
+  1. generate: a preallocated ("static") KV cache against transformers' default dynamic cache, which
+     concatenates each layer's cache once per token; 32 prompts of the bundled problems, 160 new
+     tokens at T 0.5 (the rollout's settings). Both must sample the same tokens.
+  2. PPO forwards: a rollout batch is right-padded to its longest response; `forward` drops the
+     columns every row of a minibatch pads (`drop_shared_padding`) against computing them. 32
+     rollouts, one 160 tokens long, the others 20-100 (as in the default run's steps), minibatches
+     of 8 in random order: the no-grad pass (old log-probs, reference) and the update's
+     forward + backward. Both must give the same log-probs.
+  3. --full: the wall time of the default command against the 600 s target (> 1: under it).
+Ratios > 1 mean the trainer's way is faster. Timings are the median of 3 alternating repeats.
+"""
+import argparse, os, random, statistics, subprocess, sys, tempfile, time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import curriculum, stepcoder  # noqa: E402
+
+
+def timed(fn, repeats=3):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also time the default command end to end")
+    args = parser.parse_args()
+    cfg = stepcoder.parse_config(["--model", "tiny"])
+    problems = curriculum.load_problems(os.path.join(ROOT, "data/train.json"))
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    policy, value_head = stepcoder.add_adapter(model, cfg)
+    policy.eval()
+    rng = random.Random(0)
+    batch = [p for p in rng.sample(problems, 8) for _ in range(4)]
+    ids, am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in batch], cfg, "cpu")
+
+    # 1. generate, static vs dynamic KV cache (transformers' generate reads cache_implementation).
+    def gen(cache):
+        original = policy.generate
+        policy.generate = lambda **kw: original(**{**kw, "cache_implementation": cache})
+        try:
+            torch.manual_seed(0)
+            return stepcoder.generate(policy, tok, ids, am, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                      cfg.gen_batch_size, f"generate ({cache} cache)")[0]
+        finally:
+            del policy.generate
+    (t_dyn, r_dyn), (t_static, r_static) = [timed(lambda c=c: gen(c)) for c in ("dynamic", "static")]
+    assert torch.equal(r_dyn, r_static), "static and dynamic caches sampled different tokens"
+    print(f"generate 32 x {r_static.shape[1]} tokens: dynamic cache {t_dyn:.2f} s, static {t_static:.2f} s, "
+          f"ratio {t_dyn / t_static:.2f}x")
+
+    # 2. PPO forwards with the shared right padding dropped (the trainer) or kept (baseline).
+    G = cfg.max_new_tokens
+    lengths = torch.tensor([G] + [rng.randint(20, 100) for _ in range(31)])                  # (N,)
+    resp = torch.randint(2, len(tok), (32, G))                                                # (N, G)
+    mask = (torch.arange(G)[None] < lengths[:, None]).long()                                 # (N, G)
+    b_ids, b_attn = torch.cat([ids, resp], 1), torch.cat([am, mask], 1)                     # (N, P+G)
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(0)).split(cfg.minibatch_size)
+
+    def passes(drop_right):
+        original = stepcoder.drop_shared_padding
+        if not drop_right:  # baseline: drop the shared left padding only (the trainer before 2026-11-28)
+            left_only = lambda i, a: (i[:, int(a.any(0).int().argmax()):], a[:, int(a.any(0).int().argmax()):], 0)
+            stepcoder.drop_shared_padding = left_only
+        try:
+            with torch.no_grad():
+                old = torch.cat([stepcoder.forward(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)[0] for mb in order])
+            for mb in order:
+                logprobs, _, values = stepcoder.forward(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)
+                (logprobs.sum() + values.sum()).backward()
+            return old * mask
+        finally:
+            stepcoder.drop_shared_padding = original
+    (t_keep, lp_keep), (t_drop, lp_drop) = [timed(lambda d=d: passes(d)) for d in (False, True)]
+    assert torch.allclose(lp_keep, lp_drop, atol=1e-5), "dropping the right padding changed the log-probs"
+    print(f"PPO forwards, 32 rollouts (mean length {lengths.float().mean():.0f}, longest {G}): padding kept "
+          f"{t_keep:.2f} s, dropped {t_drop:.2f} s, ratio {t_keep / t_drop:.2f}x")
+
+    # 3. The default command end to end.
+    if args.full:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, os.path.join(ROOT, "stepcoder.py"), "--model", "tiny", "--out", out],
+                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds = time.perf_counter() - t0
+        print(f"python3 stepcoder.py --model tiny: {seconds / 60:.1f} min, target 10 min, ratio {600 / seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
