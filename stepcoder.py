@@ -229,13 +229,12 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
 
 
 def drop_shared_padding(ids, attention_mask):
-    """Drop the padding columns that every row has, left and right: never computed, and nothing changes
-    (positions come from the mask, attention is causal). Prompts are left-padded to the longest of the
-    whole step or evaluation, responses right-padded to the longest of the step. -> ids, mask, n dropped right"""
+    """Drop the padding columns that every row has, left and right: not computed, and results change by
+    float rounding only (positions come from the mask, attention is causal). Prompts are left-padded to the
+    longest of the step or evaluation, responses right-padded to the step's longest. -> ids, mask, n right"""
     used = attention_mask.any(0).int()                                               # (T,)
     left, right = int(used.argmax()), int(used.flip(0).argmax())
-    end = attention_mask.shape[1] - right
-    return ids[:, left:end], attention_mask[:, left:end], right
+    return ids[:, left:len(used) - right], attention_mask[:, left:len(used) - right], right
 
 
 def forward(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):

@@ -1,19 +1,22 @@
-"""Is the default tiny run under 10 minutes, and what do the trainer's two speed-ups buy? (CPU)
+"""Is the default tiny run under 10 minutes, and what do the trainer's speed-ups buy? (CPU)
 
-    python3 bench/tiny_speed.py          # the two speed-ups, each against its baseline, ~2 min
-    python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, ~10 min
+    python3 bench/tiny_speed.py          # the three speed-ups, each against its baseline, ~3 min
+    python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, 11-13 min
 
 Measured in the same run, with the tiny model (random weights: every sample runs to the limit):
   1. generate: a preallocated ("static") KV cache against transformers' default dynamic cache, which
      concatenates each layer's cache once per token; 32 prompts of the bundled problems, 160 new
      tokens at T 0.5 (the rollout's settings). Both must sample the same tokens.
-  2. PPO forwards: a rollout batch is right-padded to its longest response; `forward` drops the
+  2. evaluation: 16 problems x 8 samples (the evaluation's settings) generated 64 at a time (tiny's
+     gen_batch_size; a step's 32 rollouts are one batch either way) against 32 at a time.
+  3. PPO forwards: a rollout batch is right-padded to its longest response; `forward` drops the
      columns every row of a minibatch pads (`drop_shared_padding`) against computing them. 32
      rollouts, one 160 tokens long, the others 20-100 (as in the default run's steps), minibatches
      of 8 in random order: the no-grad pass (old log-probs, reference) and the update's
      forward + backward. Both must give the same log-probs.
-  3. --full: the wall time of the default command against the 600 s target (> 1: under it).
-Ratios > 1 mean the trainer's way is faster. Timings are the median of 3 alternating repeats.
+  4. --full: the wall time of the default command against the 600 s target (> 1: under it), and
+     the pass@1 lines it printed.
+Ratios > 1 mean the trainer's way is faster. Timings: the median of 3 repeats, alternating.
 """
 import argparse, os, random, statistics, subprocess, sys, tempfile, time
 
@@ -24,13 +27,15 @@ sys.path.insert(0, ROOT)
 import curriculum, stepcoder  # noqa: E402
 
 
-def timed(fn, repeats=3):
-    times, out = [], None
+def compare(baseline, trainer, repeats=3):
+    """Median seconds of each, the repeats alternating (a busy host slows both alike); their last outputs."""
+    times, outs = ([], []), [None, None]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for k, fn in enumerate((baseline, trainer)):
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1]), *outs
 
 
 def main():
@@ -56,12 +61,22 @@ def main():
                                       cfg.gen_batch_size, f"generate ({cache} cache)")[0]
         finally:
             del policy.generate
-    (t_dyn, r_dyn), (t_static, r_static) = [timed(lambda c=c: gen(c)) for c in ("dynamic", "static")]
+    t_dyn, t_static, r_dyn, r_static = compare(lambda: gen("dynamic"), lambda: gen("static"))
     assert torch.equal(r_dyn, r_static), "static and dynamic caches sampled different tokens"
     print(f"generate 32 x {r_static.shape[1]} tokens: dynamic cache {t_dyn:.2f} s, static {t_static:.2f} s, "
           f"ratio {t_dyn / t_static:.2f}x")
 
-    # 2. PPO forwards with the shared right padding dropped (the trainer) or kept (baseline).
+    # 2. evaluation: 16 problems x 8 samples, generated 32 or 64 (tiny's gen_batch_size) at a time.
+    by_length = sorted(range(16), key=lambda i: len(curriculum.build_prompt(problems[i], tok)))
+    e_ids, e_am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(problems[i], tok) for i in by_length], cfg, "cpu")
+    def gen_eval(size):
+        torch.manual_seed(0)
+        return stepcoder.generate(policy, tok, e_ids.repeat_interleave(8, 0), e_am.repeat_interleave(8, 0),
+                                  cfg.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, size, f"evaluate ({size} at a time)")[0]
+    t_32, t_64, _, _ = compare(lambda: gen_eval(32), lambda: gen_eval(cfg.gen_batch_size))
+    print(f"evaluation, 128 samples: 32 at a time {t_32:.2f} s, {cfg.gen_batch_size} at a time {t_64:.2f} s, ratio {t_32 / t_64:.2f}x")
+
+    # 3. PPO forwards with the shared right padding dropped (the trainer) or kept (baseline).
     G = cfg.max_new_tokens
     lengths = torch.tensor([G] + [rng.randint(20, 100) for _ in range(31)])                  # (N,)
     resp = torch.randint(2, len(tok), (32, G))                                                # (N, G)
@@ -80,21 +95,22 @@ def main():
             for mb in order:
                 logprobs, _, values = stepcoder.forward(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)
                 (logprobs.sum() + values.sum()).backward()
-            return old * mask
+            return old * mask[torch.cat(order)]  # rows in minibatch order
         finally:
             stepcoder.drop_shared_padding = original
-    (t_keep, lp_keep), (t_drop, lp_drop) = [timed(lambda d=d: passes(d)) for d in (False, True)]
+    t_keep, t_drop, lp_keep, lp_drop = compare(lambda: passes(False), lambda: passes(True))
     assert torch.allclose(lp_keep, lp_drop, atol=1e-5), "dropping the right padding changed the log-probs"
     print(f"PPO forwards, 32 rollouts (mean length {lengths.float().mean():.0f}, longest {G}): padding kept "
           f"{t_keep:.2f} s, dropped {t_drop:.2f} s, ratio {t_keep / t_drop:.2f}x")
 
-    # 3. The default command end to end.
+    # 4. The default command end to end.
     if args.full:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, os.path.join(ROOT, "stepcoder.py"), "--model", "tiny", "--out", out],
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            run = subprocess.run([sys.executable, os.path.join(ROOT, "stepcoder.py"), "--model", "tiny", "--out", out],
+                                 check=True, cwd=ROOT, capture_output=True, text=True)
             seconds = time.perf_counter() - t0
+        print(*[line for line in run.stdout.splitlines() if line.startswith("pass@1")], sep="\n")
         print(f"python3 stepcoder.py --model tiny: {seconds / 60:.1f} min, target 10 min, ratio {600 / seconds:.2f}x")
 
 
