@@ -43,7 +43,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -73,7 +73,7 @@ class Config:
     steps: int = field(default=100, metadata={"help": "total PPO steps of the run"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
-    eval: bool = field(default=False, metadata={"help": "pass@1 on --data and --test-data after the warm start and at the end (tiny: on)"})
+    eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy) after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------
     sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
@@ -536,7 +536,8 @@ def train(cfg: Config):
         # without, and all evaluations share their random numbers (a change is the model's, not the draw's)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            report = {k: evaluate(policy, tok, ps, cfg, device, f"step {step}, {k}") for k, ps in evals.items()}
+            report = {k: evaluate(policy, tok, ps, cfg if k == "train" else replace(cfg, eval_temperature=0.0), device,
+                                  f"step {step}, {k}") for k, ps in evals.items()}  # held-out problems: greedy only
         (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
     if cfg.eval and start == 0:
         run_eval(0)

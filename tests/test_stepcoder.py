@@ -210,6 +210,23 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
+def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sampled(tmp_path, monkeypatch):
+    # the test set gets one greedy decode per problem (held-out problems are not what RL optimises);
+    # the train set also gets --eval-samples samples each (fails if either set is evaluated otherwise)
+    calls, generate = [], stepcoder.generate
+    def counting(policy, tok, ids, am, n_new, temperature, *args):
+        calls.append((args[-1], temperature, len(ids)))
+        return generate(policy, tok, ids, am, n_new, temperature, *args)
+    monkeypatch.setattr(stepcoder, "generate", counting)
+    test_data = write_problems(tmp_path / "held_out.json", n=2)
+    stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data))))
+    evals = {(desc, t, n) for desc, t, n in calls if desc.startswith("eval")}
+    assert evals == {("eval step 0, train, greedy", 0.0, 12), ("eval step 0, train, pass@1", 0.5, 24),
+                     ("eval step 0, test, greedy", 0.0, 4)}
+    report = json.loads((tmp_path / "run" / "eval_step0.json").read_text())["test"]["overall"]
+    assert report["n"] == 4 and report["pass@1"] == report["greedy"]
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     straight = stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "3"))
