@@ -24,9 +24,10 @@ Where this departs from the paper, and why:
        reference stays the base model (an instruct model is already SFT: no warm start by default).
     3. The value head shares the policy's backbone (paper: a separate critic) to save memory;
        its loss has a small coefficient (0.1) so it does not dominate the shared adapter.
-    4. Smaller budgets: 4 samples per problem (paper 16; tiny: 2, on more problems), fewer problems per step; all flags.
-       `--model tiny` also samples at T = 0.5, uses lam = 1 and reports pass@1 (and the mean
-       reward) from 8 samples per problem beside greedy decoding (reasons at TINY_DEFAULTS).
+    4. Smaller budgets: 4 samples per problem (paper 16), fewer problems per step; all flags.
+       `--model tiny` draws 2 samples on each of 16 problems, samples at T = 0.5, uses lam = 1
+       and reports pass@1 (and the mean reward) from 8 samples per problem beside greedy
+       decoding (reasons at TINY_DEFAULTS).
     5. Instruct prompts end in "```python\\n" and the program is cut at the closing fence;
        tokens after the cut are not program text, so FGO masks them.
     6. The canonical prefix enters the prompt without its final line break (`prompt_prefix`):
