@@ -1,6 +1,6 @@
 """The paper's ablations (Table 1), small: StepCoder, without CCCS, without FGO, vanilla PPO.
 
-    python3 bench/ablations.py                       # 3 seeds x 4 settings, tiny model, CPU
+    python3 bench/ablations.py                       # 5 seeds x 4 settings, tiny model, CPU (README, Results)
     python3 bench/ablations.py --seeds 0 --steps 10  # a quick look
     python3 bench/ablations.py --settings stepcoder --eval-every 10 --out runs/curve  # pass@1 every 10 steps
     python3 bench/ablations.py --eval-every 10 --continue   # after an interruption: only the unfinished runs
@@ -98,7 +98,7 @@ def table(results: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
     ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one warm start")
     ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
@@ -111,7 +111,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.replot:
         results = json.loads((Path(args.out) / "results.json").read_text())
-        table(results), plot(results, args.seeds, args.png)
+        table(results), plot(results, [r["seed"] for r in next(iter(results.values()))], args.png)
         return 0
     out, data = Path(args.out), str(ROOT / "data" / "train.json")
     if not args.cont:
