@@ -123,7 +123,7 @@ class Config:
 #   from the last token, so a token 90 or more tokens before the end gets < 1% of it.
 # - 16 problems x 2 samples per step (32 rollouts, as 8 x 4): each of the 66 problems is visited ~7
 #   times in 30 steps instead of ~4. With 8 x 4 three seeds ended 0.470..0.513 pass@1 (their gain
-#   was no larger than that spread); with 16 x 2, 0.502..0.508 (README, Results).
+#   was no larger than that spread); with 16 x 2, 0.502..0.508; 5 seeds on another host, 0.491..0.519.
 TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
                      steps=30, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
                      minibatch_size=8, gen_batch_size=64, timeout=2.0, lora_r=16,
