@@ -12,8 +12,10 @@ SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
 per problem at the rollout temperature, and greedy) and the same samples' mean reward, mean and
 spread (min..max) over seeds; the rollout reward / pass-rate curves, and pass@1 and reward at the
-evaluated steps, as a PNG. Prints a markdown table for the README. Another `--sft-seed` repeats it
-all from another warm-started model.
+evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
+from the first, seed by seed (a seed draws the same problems in every setting); records the host
+(CPU, torch's kernel level, versions: they change the float rounding, hence the runs) in
+OUT/hosts.jsonl. Another `--sft-seed` repeats it all from another warm-started model.
 """
 import argparse
 import json
@@ -94,6 +96,22 @@ def table(results: dict) -> None:
               f"{cell([r['eval_reward'][0][1] for r in runs], '+.3f')} -> {cell([r['eval_reward'][-1][1] for r in runs], '+.3f')} | "
               f"{first_last(runs, 'reward')} | "
               f"{first_last(runs, 'reward_stage0')} |")
+    # A seed draws the same problems in every setting: compare the settings seed by seed too.
+    (first, base), *others = results.items()
+    for name, runs in others:
+        diffs = [a["after"] - b["after"] for a, b in zip(base, runs) if a["seed"] == b["seed"]]
+        if diffs:
+            print(f"{first} minus {name}, pass@1 after RL, same seeds: {statistics.mean(diffs):+.3f} "
+                  f"({min(diffs):+.3f}..{max(diffs):+.3f}, {len(diffs)} seeds)")
+
+
+def host() -> dict:
+    """What decides the runs' float rounding: the CPU, torch's kernel level, the library versions."""
+    import platform, peft, torch, transformers
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()}
 
 
 def main() -> int:
@@ -117,6 +135,9 @@ def main() -> int:
     if not args.cont:
         shutil.rmtree(out, ignore_errors=True)
     results = {SLUGS[slug]: [] for slug in args.settings}
+    out.mkdir(parents=True, exist_ok=True)  # float rounding differs between hosts, and so do the runs (README)
+    with open(out / "hosts.jsonl", "a") as f:  # one line per invocation (--continue may change hosts)
+        f.write(json.dumps(host()) + "\n")
     sft = out / "sft"
     if not (sft / "eval_step0.json").exists():
         shutil.rmtree(sft, ignore_errors=True)
