@@ -108,8 +108,8 @@ def table(results: dict) -> None:
 def host() -> dict:
     """What decides the runs' float rounding: the CPU, torch's kernel level, the library versions."""
     import platform, peft, torch, transformers
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()}
 
