@@ -85,7 +85,7 @@ class Config:
     problems_per_step: int = field(default=8, metadata={"help": "problems sampled per PPO step"})
     samples_per_problem: int = field(default=4, metadata={"help": "rollouts per problem (paper: 16)"})
     gen_batch_size: int = field(default=16, metadata={"help": "sequences generated at once"})
-    max_prompt_tokens: int = field(default=1024, metadata={"help": "longer prompts are cut from the left"})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "longer prompts get their problem statement shortened (never the canonical prefix)"})
     max_new_tokens: int = field(default=1024, metadata={"help": "generation length limit (paper: 1024)"})
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (paper: 0.8)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling (paper: 0.9)"})
@@ -194,12 +194,34 @@ def build_tiny(problems: list, seed: int):
     return tok, LlamaForCausalLM(config)
 
 
-def load_base(name: str, cfg: Config, device: torch.device):
+def precision(cfg: Config, device_type: str, tiny: bool) -> tuple[bool, torch.dtype]:
+    """(4-bit NF4?, compute dtype). A pretrained model on CUDA: 4-bit with bf16 compute unless --no-4bit.
+    The tiny model stays full precision float32 everywhere (as on the CPU) unless --load-in-4bit."""
+    use_4bit = cfg.load_in_4bit or (device_type == "cuda" and not cfg.no_4bit and not tiny)
+    dtype = torch.bfloat16 if device_type == "cuda" and not tiny else torch.float32
+    return use_4bit, dtype
+
+
+CODE_SAMPLE = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
+
+
+def check_tokenizer(tok, path: str) -> None:
+    """Indented code must survive encode -> decode: some transformers 5.x releases load DeepSeek-Coder's
+    byte-level tokenizer as a SentencePiece one that drops every space and line break."""
+    import transformers
+    ids = tok(CODE_SAMPLE, add_special_tokens=False)["input_ids"]
+    back = tok.decode(ids, skip_special_tokens=True)
+    if back != CODE_SAMPLE:
+        raise UsageError(f"the tokenizer of '{path}' does not give code back under transformers "
+                         f"{transformers.__version__} ({CODE_SAMPLE[:24]!r} decodes as {back[:24]!r}): "
+                         f"pip install -U 'transformers>=5.24,<6'")
+
+
+def load_base(name: str, cfg: Config, device: torch.device, tiny: bool = False):
     """Tokenizer and base model from a hub id or a local directory, 4-bit NF4 where asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     path = MODEL_ALIASES.get(name, name)
-    use_4bit = cfg.load_in_4bit or (device.type == "cuda" and not cfg.no_4bit)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    use_4bit, dtype = precision(cfg, device.type, tiny)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype) if use_4bit else None
     try:
@@ -208,9 +230,14 @@ def load_base(name: str, cfg: Config, device: torch.device):
     except (OSError, ValueError) as e:
         raise UsageError(f"could not load model '{path}' ({type(e).__name__}): check the name, the network, "
                          f"or pass a local directory; --model tiny needs no download") from None
+    check_tokenizer(tok, path)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:  # pad must differ from EOS
         tok.pad_token = tok.unk_token or tok.bos_token
     base.config.use_cache = True
+    if use_4bit and device.type == "cpu":  # bitsandbytes repacks 4-bit weights for CPU inference (eval mode,
+        for module in base.modules():     # AVX512-BF16 hosts) into a layout whose kernel has no backward
+            if hasattr(module, "support_avx512bf16_for_cpu"):  # pass: training after generation would lose
+                module.support_avx512bf16_for_cpu = False     # the gradients through the frozen 4-bit layers
     return tok, base
 
 
@@ -283,6 +310,15 @@ def fgo_mask(token_ends: list[int], text: str, first_line: int,
     return mask
 
 
+def rollout_fgo_mask(token_ends: list[int], program: str, prefix: str, result, eos_index: int | None) -> list[float]:
+    """FGO's mask of one rollout. The generated code follows the stage's canonical prefix (prompt_prefix:
+    no final line break), so its first character is on the prefix's last line. A program that did not
+    compile, or whose coverage the sandbox could not complete, keeps every token."""
+    complete = result.status != "compile_error" and getattr(result, "coverage_complete", True)
+    executed = result.executed_lines if complete else None
+    return fgo_mask(token_ends, program, prefix.count("\n") + 1, executed, eos_index)
+
+
 def kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef: float):
     """Eq. 4: r_t = -beta * (log pi(a_t) - log pi_ref(a_t)) on every generated token, plus the
     program's reward (Eq. 3) on its last token. All (B, G) except scores (B,)."""
@@ -339,22 +375,97 @@ def value_loss(values, old_values, returns, mask, vf_clip: float):
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
 
+@torch.no_grad()
+def logprobs_before_update(policy, value_head, b_ids, b_attn, n_gen: int, minibatches: list, temperature: float):
+    """log pi_old and V of the rollouts, and log pi_ref: the same model with the adapter disabled.
+    Computed over the very minibatches the update will use, so that a row is computed with the same
+    shapes both times: in bf16, other shapes round otherwise and the first ratio would not be 1.
+    -> logprobs, ref_logprobs, entropy, values, each (N, G)"""
+    policy.eval()
+    N = b_ids.shape[0]
+    b_logprobs, b_ref_logprobs, b_entropy, b_values = (torch.zeros(N, n_gen, device=b_ids.device) for _ in range(4))
+    for mb in minibatches:
+        b_logprobs[mb], b_entropy[mb], b_values[mb] = forward(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)
+        with policy.disable_adapter():
+            b_ref_logprobs[mb] = forward(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)[0]
+    return b_logprobs, b_ref_logprobs, b_entropy, b_values
+
+
+def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: list, cfg: Config) -> dict:
+    """Eq. 1 on the tokens FGO keeps (b_fgo) plus the value loss on every generated token (b_mask),
+    cfg.ppo_epochs passes over the step's minibatches, in a new order each pass. -> mean statistics"""
+    policy.train()
+    stats = {"pg_loss": [], "vf_loss": [], "approx_kl": [], "clipfrac": [], "skipped": 0}
+    for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False):
+        for k in torch.randperm(len(minibatches)).tolist():
+            mb = minibatches[k]
+            new_logprobs, _, new_values = forward(policy, value_head, batch["ids"][mb], batch["attn"][mb],
+                                                  batch["n_gen"], cfg.temperature)              # (B, G)
+            pg_loss, _, approx_kl, clipfrac = policy_loss(                                      # Eq. 1, FGO's tokens
+                new_logprobs, batch["logprobs"][mb], batch["advantages"][mb], batch["fgo"][mb], cfg.clip_coef)
+            vf_loss = value_loss(new_values, batch["values"][mb], batch["returns"][mb],       # PPO practice
+                                 batch["mask"][mb], cfg.vf_clip)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            if not torch.isfinite(loss):
+                stats["skipped"] += 1
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            for name, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
+                stats[name].append(value.item())
+    return {name: sum(v) / max(len(v), 1) if isinstance(v, list) else v for name, v in stats.items()}
+
+
 # ---------------------------------------------------------------------- rollout parts ---
 
-def tokenize_prompts(tok, texts: list[str], cfg: Config, device):
-    """Left-padded prompt ids: the model continues every prompt from the same column."""
-    chat = bool(getattr(tok, "chat_template", None))  # the chat template already carries BOS
-    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", truncation=True,
-              truncation_side="left", max_length=cfg.max_prompt_tokens, add_special_tokens=not chat)
+FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one
+
+
+def is_chat(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None))
+
+
+def count_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=not is_chat(tok))["input_ids"])  # a chat template carries BOS
+
+
+def fit_prompt(tok, problem, prefix: str, max_tokens: int) -> tuple[str, bool]:
+    """The prompt: instruction, then the stage's canonical prefix. It must end exactly where the scored
+    program's prefix ends, so over `max_tokens` only the problem statement is shortened (its end cut
+    and marked "..."), never the prefix or the chat template's generation header; a prompt whose prefix
+    alone is too long stays over the limit. -> (prompt, whether the statement was shortened)"""
+    def prompt(question: str) -> str:
+        return curriculum.build_prompt(replace(problem, question=question), tok) + prefix
+    text = prompt(problem.question)
+    if count_tokens(tok, text) <= max_tokens:
+        return text, False
+    low, high = 0, len(problem.question)  # binary search: the longest head of the statement that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count_tokens(tok, prompt(problem.question[:middle] + " ...")) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return prompt(problem.question[:low] + " ..."), True
+
+
+def tokenize_prompts(tok, texts: list[str], device):
+    """Left-padded prompt ids, never truncated (fit_prompt sizes them): every row continues from the same column."""
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not is_chat(tok))
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 @torch.no_grad()
 def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
              batch_size: int, desc: str):
-    """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,)."""
+    """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,) as
+    response_length counts them. A chat model stops at the closing fence (stop string)."""
     policy.eval()
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+    if is_chat(tok):
+        sampling.update(stop_strings=[FENCE], tokenizer=tok)
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
         ids, am = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
@@ -363,12 +474,25 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
                               eos_token_id=tok.eos_token_id, cache_implementation="static", disable_compile=True,
                               **sampling)  # a preallocated KV cache: no copy of the cache per token
         resp = out[:, ids.shape[1]:]                                                 # (b, g)
-        is_eos = resp == tok.eos_token_id
-        first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, resp.shape[1])
-        chunks.append(resp), lengths.append(first_eos)
+        chunks.append(resp)
+        lengths += [response_length(tok, row) for row in resp.tolist()]
     width = max(c.shape[1] for c in chunks)
     resp = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in chunks])
-    return resp, torch.cat(lengths)                                                  # (N, G), (N,)
+    return resp, torch.tensor(lengths, device=resp.device)                           # (N, G), (N,)
+
+
+def response_length(tok, ids: list[int]) -> int:
+    """The tokens of a response that are actions: up to and including EOS (or all of them). For a chat
+    model, up to the program's last token: the closing fence, and anything after it, is not program
+    text, so it gets no KL penalty, no value loss and no reward (which lands on the last action)."""
+    n = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+    if not is_chat(tok):
+        return n
+    text, ends = decode_with_offsets(tok, ids[:n])
+    fence = text.find(FENCE)
+    if fence < 0:
+        return n
+    return next(i for i, end in enumerate(ends) if end >= fence) + 1  # the token holding the program's last character
 
 
 def decode_with_offsets(tok, ids: list[int]) -> tuple[str, list[int]]:
@@ -390,7 +514,7 @@ def prompt_prefix(canonical_prefix: str) -> str:
 
 def program_text(gen_text: str, tok) -> str:
     """The generated code: an instruct prompt (chat template) ends in an opening fence: cut at the closing one."""
-    return gen_text.split("```")[0] if getattr(tok, "chat_template", None) else gen_text
+    return gen_text.split(FENCE)[0] if is_chat(tok) else gen_text
 
 
 def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result) -> str:
@@ -420,7 +544,8 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
     for _ in bar:
         batch = rng.sample(problems, min(cfg.sft_batch_size, len(problems)))
         prompts = [curriculum.build_prompt(p, tok) for p in batch]
-        full = [pr + p.canonical_solution + tok.eos_token for pr, p in zip(prompts, batch)]
+        ending = FENCE + tok.eos_token if is_chat(tok) else tok.eos_token  # a chat model closes its fence
+        full = [pr + p.canonical_solution + ending for pr, p in zip(prompts, batch)]
         enc = tok(full, return_tensors="pt", padding=True, padding_side="right", truncation=True,
                   max_length=cfg.max_prompt_tokens + cfg.max_new_tokens, add_special_tokens=False).to(device)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)      # (B, T)
@@ -439,10 +564,10 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
     greedy decoding's pass rate ("greedy")."""
-    prompts = [curriculum.build_prompt(p, tok) for p in problems]
+    prompts = [fit_prompt(tok, p, "", cfg.max_prompt_tokens)[0] for p in problems]
     order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))  # batches of similar lengths pad less
     problems = [problems[i] for i in order]
-    ids, am = tokenize_prompts(tok, [prompts[i] for i in order], cfg, device)
+    ids, am = tokenize_prompts(tok, [prompts[i] for i in order], device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
     table: dict[str, dict[str, list[float]]] = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # -> run -> rewards
     for key, temperature, n in runs:
@@ -469,8 +594,9 @@ def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cur, step: int
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / "adapter")  # loadable with PeftModel.from_pretrained
-    torch.save({"value_head": value_head.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": rng.getstate()}, tmp / "state.pt")
+    torch.save({"value_head": value_head.state_dict(), "optimizer": optimizer.state_dict(), "python_rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),  # and CUDA's: sampling on a GPU draws from it
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "curriculum": cur.state_dict()}))
     if final.exists():
         final.rename(old)
@@ -516,7 +642,7 @@ def train(cfg: Config):
         tok, model = build_tiny(problems, cfg.sft_seed)
         warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device)
         model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
-    tok, base = load_base(str(run_dir / "base") if cfg.model == "tiny" else cfg.model, cfg, device)
+    tok, base = load_base(str(run_dir / "base") if cfg.model == "tiny" else cfg.model, cfg, device, tiny=cfg.model == "tiny")
     rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
     torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
     policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
@@ -531,6 +657,8 @@ def train(cfg: Config):
         state = torch.load(ckpt / "state.pt", weights_only=False)
         value_head.load_state_dict(state["value_head"]), optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"]), rng.setstate(state["python_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         progress = json.loads((ckpt / "progress.json").read_text())
         start = progress["step"]
         cur.load_state_dict(progress["curriculum"])
@@ -552,8 +680,8 @@ def train(cfg: Config):
                  for _ in range(cfg.samples_per_problem)]
         prefixes = [prompt_prefix(cur.prefix(p.problem_id)) for p in batch]
         stages = [cur.stage(p.problem_id) for p in batch]
-        prompt_ids, prompt_mask = tokenize_prompts(
-            tok, [curriculum.build_prompt(p, tok) + pre for p, pre in zip(batch, prefixes)], cfg, device)
+        prompts = [fit_prompt(tok, p, pre, cfg.max_prompt_tokens) for p, pre in zip(batch, prefixes)]
+        prompt_ids, prompt_mask = tokenize_prompts(tok, [text for text, _ in prompts], device)
 
         # 3. Rollout.
         t0 = time.time()
@@ -572,8 +700,9 @@ def train(cfg: Config):
 
         # 5. The masking convention. The tensors below hold generated tokens only (G columns):
         #    the prompt and the canonical prefix are never actions, so they never enter a loss.
-        #    b_mask: 1 on generated tokens up to and including EOS, 0 on padding -> value loss,
-        #            KL penalty, GAE and whitening.
+        #    b_mask: 1 on the response's actions (response_length: up to and including EOS; a chat
+        #            model's up to the program's last token), 0 after them -> value loss, KL
+        #            penalty, GAE and whitening; the reward lands on its last 1.
         #    b_fgo:  b_mask, and 0 on tokens whose lines the unit tests never executed (FGO)
         #            -> the policy loss only. With --no-fgo, b_fgo == b_mask.
         N, G = b_resp.shape
@@ -582,8 +711,7 @@ def train(cfg: Config):
         if not cfg.no_fgo:
             for i, ((_, ends), code, pre, r, n) in enumerate(zip(decoded, gen_code, prefixes, results, b_len.tolist())):
                 eos = n - 1 if b_resp[i, n - 1] == tok.eos_token_id else None
-                executed = None if r.status == "compile_error" else r.executed_lines
-                b_fgo[i, :n] = torch.tensor(fgo_mask(ends, code, pre.count("\n") + 1, executed, eos))
+                b_fgo[i, :n] = torch.tensor(rollout_fgo_mask(ends, code, pre, r, eos))
         for i in range(min(cfg.show_rollouts, N)):
             text, ends = decoded[i]
             pieces = [text[a:b] for a, b in zip([0] + ends[:-1], ends)]
@@ -592,43 +720,23 @@ def train(cfg: Config):
         b_attn = torch.cat([prompt_mask, b_mask.long()], 1)                            # (N, P+G)
         b_scores = torch.tensor([r.reward for r in results], device=device)           # (N,)
 
-        # 6. Log-probs of the policy and the reference (adapters off), and values, before the update.
+        # 6. Log-probs of the policy and the reference (adapter off), and values, before the update,
+        #    over the minibatches the update will use.
         t0 = time.time()
-        policy.eval()
-        with torch.no_grad():
-            parts, ref_parts = [], []
-            for ids, attn in zip(b_ids.split(cfg.minibatch_size), b_attn.split(cfg.minibatch_size)):
-                parts.append(forward(policy, value_head, ids, attn, G, cfg.temperature))
-                with policy.disable_adapter():
-                    ref_parts.append(forward(policy, value_head, ids, attn, G, cfg.temperature)[0])
-            b_logprobs, b_entropy, b_values = (torch.cat(x) for x in zip(*parts))     # (N, G) each
-            b_ref_logprobs = torch.cat(ref_parts)                                      # (N, G)
+        minibatches = torch.randperm(N, device=device).split(cfg.minibatch_size)
+        b_logprobs, b_ref_logprobs, b_entropy, b_values = logprobs_before_update(
+            policy, value_head, b_ids, b_attn, G, minibatches, cfg.temperature)         # (N, G) each
 
-            # 7. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages.
-            b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)
-            b_values = b_values * b_mask
-            b_advantages, b_returns = compute_gae(b_rewards, b_values, b_mask, cfg.gamma, cfg.lam)
-            b_advantages = whiten(b_advantages, b_mask)
+        # 7. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages.
+        b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)
+        b_values = b_values * b_mask
+        b_advantages, b_returns = compute_gae(b_rewards, b_values, b_mask, cfg.gamma, cfg.lam)
+        b_advantages = whiten(b_advantages, b_mask)
 
-        # 8. PPO update: a few epochs over shuffled minibatches.
-        policy.train()
-        stats = {"pg_loss": [], "vf_loss": [], "approx_kl": [], "clipfrac": [], "skipped": 0}
-        for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False):
-            for mb in torch.randperm(N, device=device).split(cfg.minibatch_size):
-                new_logprobs, _, new_values = forward(policy, value_head, b_ids[mb], b_attn[mb], G, cfg.temperature)
-                pg_loss, _, approx_kl, clipfrac = policy_loss(                       # Eq. 1, FGO tokens
-                    new_logprobs, b_logprobs[mb], b_advantages[mb], b_fgo[mb], cfg.clip_coef)
-                vf_loss = value_loss(new_values, b_values[mb], b_returns[mb], b_mask[mb], cfg.vf_clip)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if not torch.isfinite(loss):
-                    stats["skipped"] += 1
-                    continue
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
-                    stats[k].append(v.item())
+        # 8. PPO update: a few epochs over the minibatches.
+        rollouts = {"ids": b_ids, "attn": b_attn, "n_gen": G, "logprobs": b_logprobs, "values": b_values,
+                    "advantages": b_advantages, "returns": b_returns, "mask": b_mask, "fgo": b_fgo}
+        stats = ppo_update(policy, value_head, optimizer, params, rollouts, minibatches, cfg)
         t_update = time.time() - t0
 
         # 9. Log, checkpoint.
@@ -639,11 +747,12 @@ def train(cfg: Config):
             "step": step, "reward_mean": b_scores.mean().item(), "pass_rate": verdicts.count("pass") / N,
             "reward_stage0": mean([r.reward for r, s in zip(results, stages) if s == 0]) if 0 in stages else None,
             **{f"frac_{v}": verdicts.count(v) / N for v in ("pass", "wrong_answer", "runtime_error", "timeout", "compile_error")},
-            "kl": (b_kl.sum(1)).mean().item(), "approx_kl": mean(stats["approx_kl"]), "clipfrac": mean(stats["clipfrac"]),
-            "entropy": masked_mean(b_entropy, b_mask).item(), "pg_loss": mean(stats["pg_loss"]), "vf_loss": mean(stats["vf_loss"]),
+            "kl": (b_kl.sum(1)).mean().item(), "approx_kl": stats["approx_kl"], "clipfrac": stats["clipfrac"],
+            "entropy": masked_mean(b_entropy, b_mask).item(), "pg_loss": stats["pg_loss"], "vf_loss": stats["vf_loss"],
             "explained_var": (1 - torch.var((b_returns - b_values)[b_mask.bool()]) / var_r).item() if var_r > 0 else 0.0,
             "stage_hist": {str(k): v for k, v in sorted(cur.stage_histogram().items())},
             "fgo_kept": (b_fgo.sum() / b_mask.sum()).item(), "gen_tokens_per_s": b_mask.sum().item() / max(t_gen, 1e-9),
+            "prompts_shortened": sum(shortened for _, shortened in prompts),
             "t_generate": t_gen, "t_score": t_score, "t_update": t_update, "skipped_updates": stats["skipped"],
         }
         with open(run_dir / "metrics.jsonl", "a") as f:

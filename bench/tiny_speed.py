@@ -49,7 +49,7 @@ def main():
     policy.eval()
     rng = random.Random(0)
     batch = [p for p in rng.sample(problems, 8) for _ in range(4)]
-    ids, am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in batch], cfg, "cpu")
+    ids, am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in batch], "cpu")
 
     # 1. generate, static vs dynamic KV cache (transformers' generate reads cache_implementation).
     def gen(cache):
@@ -68,7 +68,7 @@ def main():
 
     # 2. evaluation: 16 problems x 8 samples, generated 32 or 64 (tiny's gen_batch_size) at a time.
     by_length = sorted(range(16), key=lambda i: len(curriculum.build_prompt(problems[i], tok)))
-    e_ids, e_am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(problems[i], tok) for i in by_length], cfg, "cpu")
+    e_ids, e_am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(problems[i], tok) for i in by_length], "cpu")
     def gen_eval(size):
         torch.manual_seed(0)
         return stepcoder.generate(policy, tok, e_ids.repeat_interleave(8, 0), e_am.repeat_interleave(8, 0),
