@@ -226,11 +226,11 @@ def load_base(name: str, cfg: Config, device: torch.device, tiny: bool = False):
                                bnb_4bit_compute_dtype=dtype) if use_4bit else None
     try:
         tok = AutoTokenizer.from_pretrained(path)
+        check_tokenizer(tok, path)  # before the weights: a broken tokenizer is said at once
         base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant, device_map={"": device})
     except (OSError, ValueError) as e:
         raise UsageError(f"could not load model '{path}' ({type(e).__name__}): check the name, the network, "
                          f"or pass a local directory; --model tiny needs no download") from None
-    check_tokenizer(tok, path)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:  # pad must differ from EOS
         tok.pad_token = tok.unk_token or tok.bos_token
     base.config.use_cache = True
@@ -604,6 +604,20 @@ def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cur, step: int
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_checkpoint(ckpt: Path, value_head, optimizer, cur, rng: random.Random) -> int:
+    """Value head, optimizer, curriculum and every RNG as saved (the adapter is loaded with the model). -> step"""
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    value_head.load_state_dict(state["value_head"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.setstate(state["python_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    progress = json.loads((ckpt / "progress.json").read_text())
+    cur.load_state_dict(progress["curriculum"])
+    return progress["step"]
+
+
 def prepare_run_dir(cfg: Config) -> Path:
     run_dir = Path(cfg.out)
     if cfg.resume:
@@ -652,16 +666,7 @@ def train(cfg: Config):
     optimizer = torch.optim.AdamW([{"params": params[:-2], "lr": cfg.lr}, {"params": params[-2:], "lr": cfg.vf_lr}],
                                   eps=1e-5, weight_decay=0.0)
     cur = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
-    start = 0
-    if resuming:
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        value_head.load_state_dict(state["value_head"]), optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"]), rng.setstate(state["python_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        progress = json.loads((ckpt / "progress.json").read_text())
-        start = progress["step"]
-        cur.load_state_dict(progress["curriculum"])
+    start = load_checkpoint(ckpt, value_head, optimizer, cur, rng) if resuming else 0
 
     def run_eval(step: int):  # pass@1 at stage 0 on each problem set, into eval_step<N>.json. Its own
         # RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one

@@ -201,7 +201,10 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
                 "pg_loss", "vf_loss", "explained_var", "stage_hist", "fgo_kept", "gen_tokens_per_s",
                 "t_generate", "t_score", "t_update"):
         assert key in rows[-1]
-    assert -1.0 <= rows[-1]["reward_mean"] <= 1.0 and 0.0 < rows[-1]["fgo_kept"] <= 1.0
+    for row in rows:  # the mean reward is Eq. 3's over the step's verdicts
+        fractions = {v: row[f"frac_{v}"] for v in stepcoder.sandbox.REWARDS}
+        assert sum(fractions.values()) == pytest.approx(1.0)
+        assert row["reward_mean"] == pytest.approx(sum(f * stepcoder.sandbox.REWARDS[v] for v, f in fractions.items()))
     assert "step 2 | reward" in proc.stdout + proc.stderr  # the greppable line
     assert json.loads((run / "eval_step2.json").read_text())["train"]["overall"]["n"] == 12
     from peft import PeftModel
