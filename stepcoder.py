@@ -128,12 +128,22 @@ TINY_DEFAULTS = dict(sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_
                      steps=30, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
                      minibatch_size=8, gen_batch_size=64, timeout=2.0, lora_r=16,
                      eval=True, eval_temperature=0.5, eval_top_p=0.9, eval_samples=8)
+TINY_MARKER = "stepcoder-tiny.json"  # written into a warm-started tiny base: `--model RUN/base` is tiny too
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
 
 
 class UsageError(Exception):
     """Bad flags, files or model names: one line on stderr, exit code 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: one line saying where the run stopped and how to continue it, exit code 130."""
+
+
+def is_tiny(model: str) -> bool:
+    """`tiny`, or a tiny base saved by a run (`--model runs/tiny/base`): full precision, tiny's defaults."""
+    return model == "tiny" or (Path(model) / TINY_MARKER).is_file()
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
@@ -158,8 +168,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         cfg = Config(**{**json.loads(saved.read_text()), **{k: v for k, v in given.items()
                         if k in ("steps", "eval", "save_every", "test_data", "resume", "show_rollouts")}})
     else:
-        tiny = TINY_DEFAULTS if given.get("model", Config.model) == "tiny" else {}
-        cfg = Config(**{**tiny, **given})
+        model = given.get("model", Config.model)
+        tiny = TINY_DEFAULTS if model == "tiny" else {**TINY_DEFAULTS, "sft_steps": 0} if is_tiny(model) else {}
+        cfg = Config(**{**tiny, **given})  # a saved tiny base is warm-started already: no SFT on top
     for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
                  "max_new_tokens", "ppo_epochs", "minibatch_size", "save_every", "lora_r", "eval_samples"):
         if getattr(cfg, name) < (least := 0 if name in ("steps", "sft_steps") else 1):
@@ -217,17 +228,47 @@ def check_tokenizer(tok, path: str) -> None:
                          f"pip install -U 'transformers>=5.24,<6'")
 
 
+def model_source(name: str) -> tuple[str, bool]:
+    """Where a model loads from, said within seconds if nowhere: a local directory, a hub id already in the
+    local cache, or a hub id while the hub answers. -> (path or id, load from local files only)"""
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants, try_to_load_from_cache
+    path = MODEL_ALIASES.get(name, name)
+    if Path(path).is_dir():
+        return path, True
+    if path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists():
+        raise UsageError(f"--model {name}: no such directory (a local model is a directory holding config.json "
+                         f"and the tokenizer's files); --model tiny needs no download")
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return path, True
+    if constants.HF_HUB_OFFLINE:
+        raise UsageError(f"--model {name}: '{path}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                         f"download it where there is a network, or pass a local directory")
+    hub = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((hub.hostname, hub.port or (443 if hub.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"--model {name}: cannot reach the model hub at {constants.ENDPOINT} ({e.strerror or e}): "
+                         f"no network? Pass a local directory, or --model tiny (no download)") from None
+    return path, False
+
+
 def load_base(name: str, cfg: Config, device: torch.device, tiny: bool = False):
     """Tokenizer and base model from a hub id or a local directory, 4-bit NF4 where asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    path = MODEL_ALIASES.get(name, name)
+    path, local = model_source(name)
     use_4bit, dtype = precision(cfg, device.type, tiny)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype) if use_4bit else None
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
         check_tokenizer(tok, path)  # before the weights: a broken tokenizer is said at once
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant, device_map={"": device})
+        if device.type == "cpu" and not tiny:
+            print(f"stepcoder: no CUDA GPU here: {name} runs on the CPU in float32, far slower than on a GPU "
+                  f"(--model tiny is the CPU demo)", file=sys.stderr)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant, device_map={"": device},
+                                                    local_files_only=local)
     except (OSError, ValueError) as e:
         raise UsageError(f"could not load model '{path}' ({type(e).__name__}): check the name, the network, "
                          f"or pass a local directory; --model tiny needs no download") from None
@@ -534,14 +575,30 @@ def score(programs: list[str], problems: list, cfg: Config) -> list:
                              timeout=cfg.timeout, progress=True)
 
 
-def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device):
-    """Supervised fine-tuning on prompt + canonical solution (loss on the solution only)."""
+WARM_START_SAVE_EVERY = 50
+
+
+def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device, checkpoint: Path):
+    """Supervised fine-tuning on prompt + canonical solution (loss on the solution only). Every
+    WARM_START_SAVE_EVERY steps its state goes to `checkpoint` (a file); a warm start that finds it there
+    continues from it. The caller deletes it once the warm start's result is saved."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps)))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["weights"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+        tqdm.write(f"warm start: continuing from its checkpoint at step {start}")
     model.train()
-    bar = tqdm(range(cfg.sft_steps), desc="warm start (SFT)")
-    for _ in bar:
+    bar = tqdm(range(start, cfg.sft_steps), desc="warm start (SFT)", initial=start, total=cfg.sft_steps)
+    for step in bar:
         batch = rng.sample(problems, min(cfg.sft_batch_size, len(problems)))
         prompts = [curriculum.build_prompt(p, tok) for p in batch]
         ending = FENCE + tok.eos_token if is_chat(tok) else tok.eos_token  # a chat model closes its fence
@@ -556,6 +613,12 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % WARM_START_SAVE_EVERY == 0 and step + 1 < cfg.sft_steps:
+            weights = {name: p.detach() for name, p in model.named_parameters() if name in trainable}
+            torch.save({"weights": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step + 1},
+                       checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)  # whole or not at all
     model.eval()
 
 
@@ -618,24 +681,49 @@ def load_checkpoint(ckpt: Path, value_head, optimizer, cur, rng: random.Random) 
     return progress["step"]
 
 
+def check_run_dir(cfg: Config) -> int:
+    """Before anything loads: a new run never reuses a directory by accident, a resumed one has something
+    left to do. -> the step of the run's checkpoint (0: none)"""
+    run_dir = Path(cfg.out)
+    if not cfg.resume:
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+            raise UsageError(f"run directory {run_dir} exists: pass --resume {run_dir} to continue it, "
+                             f"--overwrite to start again, or --out NEW_DIR")
+        return 0
+    progress = run_dir / "checkpoint" / "progress.json"
+    step = json.loads(progress.read_text())["step"] if progress.exists() else 0
+    evaluated = not cfg.eval or (run_dir / f"eval_step{cfg.steps}.json").exists()
+    if step > cfg.steps or step == cfg.steps and evaluated and step > 0:
+        raise UsageError(f"run {run_dir} is finished at step {step}: pass --resume {run_dir} --steps N with N > {step} "
+                         f"to train it further")
+    return step
+
+
 def prepare_run_dir(cfg: Config) -> Path:
+    """After the model loaded: the run directory and its config.json (a resumed run keeps its own)."""
     run_dir = Path(cfg.out)
     if cfg.resume:
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            raise UsageError(f"run directory {run_dir} exists: pass --resume {run_dir} to continue it, "
-                             f"--overwrite to start again, or --out NEW_DIR")
+    if run_dir.exists() and cfg.overwrite:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     return run_dir
 
 
+def keep_metrics_until(metrics: Path, step: int) -> None:
+    """A resumed run appends to metrics.jsonl from its checkpoint's step on: rows written after that
+    checkpoint (an interrupted run's last steps) are dropped first, so no step appears twice."""
+    if metrics.exists():
+        rows = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        metrics.write_text("".join(row + "\n" for row in rows))
+
+
 # ------------------------------------------------------------------------------ train ---
 
 def train(cfg: Config):
-    """The whole run; returns (run directory, policy, value head) for tests and notebooks."""
+    """The whole run; returns (run directory, policy, value head) for tests and notebooks. Ctrl-C raises
+    Interrupted, which says where the run stopped and how to continue it."""
     import logging, warnings
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -647,27 +735,57 @@ def train(cfg: Config):
     evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
         evals["test"] = curriculum.load_problems(cfg.test_data)
-    run_dir = prepare_run_dir(cfg)
-    ckpt = run_dir / "checkpoint"
-    resuming = cfg.resume and ckpt.exists()
+    start = check_run_dir(cfg)
+    run_dir, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
+    progress = {"where": "while loading the model", "saved": "none"}  # what Ctrl-C's one line says
+    try:
+        # 1. Load the model (nothing is written before it loaded). `tiny` is built and warm-started
+        #    here (--sft-seed), then saved as the base model.
+        tiny = is_tiny(cfg.model)
+        if cfg.model != "tiny":
+            tok, base = load_base(cfg.model, cfg, device, tiny=tiny)
+        prepare_run_dir(cfg)
+        if start:
+            tqdm.write(f"resuming {run_dir} from its checkpoint at step {start} (to step {cfg.steps})")
+        sft_checkpoint = run_dir / "warm_start.pt"
+        if cfg.model == "tiny":
+            if not (run_dir / "base").exists():
+                progress.update(where="during the warm start", saved=f"the warm start's, every {WARM_START_SAVE_EVERY} steps")
+                tok, model = build_tiny(problems, cfg.sft_seed)
+                warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+                model.save_pretrained(run_dir / "base")
+                tok.save_pretrained(run_dir / "base")
+                (run_dir / "base" / TINY_MARKER).write_text(json.dumps({"sft_seed": cfg.sft_seed, "sft_steps": cfg.sft_steps}))
+                sft_checkpoint.unlink(missing_ok=True)
+            tok, base = load_base(str(run_dir / "base"), cfg, device, tiny=True)
+        rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
+        torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
+        resuming = ckpt.exists()
+        policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
+        if not tiny and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
+            progress.update(where="during the warm start", saved=f"the warm start's, every {WARM_START_SAVE_EVERY} steps")
+            warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+        params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+        optimizer = torch.optim.AdamW([{"params": params[:-2], "lr": cfg.lr}, {"params": params[-2:], "lr": cfg.vf_lr}],
+                                      eps=1e-5, weight_decay=0.0)
+        cur = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
+        if resuming:
+            start = load_checkpoint(ckpt, value_head, optimizer, cur, rng)
+        else:  # step 0: the warm start's result, so an interrupted run never redoes it
+            save_checkpoint(run_dir, policy, value_head, optimizer, cur, 0, rng)
+            sft_checkpoint.unlink(missing_ok=True)
+        progress["saved"] = f"step {start}"
+        keep_metrics_until(run_dir / "metrics.jsonl", start)
+        ppo_loop(cfg, run_dir, device, problems, evals, tok, policy, value_head, optimizer, params, cur, rng, start, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted {progress['where']} (last checkpoint: {progress['saved']}); continue with: "
+                          f"python3 stepcoder.py --resume {run_dir}") from None
+    return run_dir, policy, value_head
 
-    # 1. Load the model. `tiny` is built and warm-started here (--sft-seed), then saved as the base model.
-    if cfg.model == "tiny" and not (run_dir / "base").exists():
-        tok, model = build_tiny(problems, cfg.sft_seed)
-        warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device)
-        model.save_pretrained(run_dir / "base"), tok.save_pretrained(run_dir / "base")
-    tok, base = load_base(str(run_dir / "base") if cfg.model == "tiny" else cfg.model, cfg, device, tiny=cfg.model == "tiny")
-    rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
-    torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
-    policy, value_head = add_adapter(base, cfg, str(ckpt / "adapter") if resuming else None)
-    if cfg.model != "tiny" and cfg.sft_steps and not resuming:  # departure 2: SFT trains the adapter
-        warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device)
-    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.AdamW([{"params": params[:-2], "lr": cfg.lr}, {"params": params[-2:], "lr": cfg.vf_lr}],
-                                  eps=1e-5, weight_decay=0.0)
-    cur = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
-    start = load_checkpoint(ckpt, value_head, optimizer, cur, rng) if resuming else 0
 
+def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, value_head, optimizer, params, cur,
+             rng, start: int, progress: dict):
+    """PPO steps start+1 .. cfg.steps; `progress` says where the run is, for Ctrl-C's message."""
     def run_eval(step: int):  # pass@1 at stage 0 on each problem set, into eval_step<N>.json. Its own
         # RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one
         # without, and all evaluations share their random numbers (a change is the model's, not the draw's)
@@ -676,10 +794,12 @@ def train(cfg: Config):
             report = {k: evaluate(policy, tok, ps, cfg if k == "train" else replace(cfg, eval_temperature=0.0), device,
                                   f"step {step}, {k}") for k, ps in evals.items()}  # held-out problems: greedy only
         (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
-    if cfg.eval and start == 0:
+    if cfg.eval and start == 0 and not (run_dir / "eval_step0.json").exists():
+        progress["where"] = "during the evaluation before RL"
         run_eval(0)
 
     for step in range(start + 1, cfg.steps + 1):
+        progress["where"] = f"at step {step}"
         # 2. Curriculum prompt: each problem's instruction, then the canonical prefix of its stage.
         batch = [p for p in rng.sample(problems, min(cfg.problems_per_step, len(problems)))
                  for _ in range(cfg.samples_per_problem)]
@@ -767,10 +887,11 @@ def train(cfg: Config):
                    f"stages {metrics['stage_hist']} | {t_gen:.0f}s gen {t_score:.0f}s score {t_update:.0f}s update")
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_checkpoint(run_dir, policy, value_head, optimizer, cur, step, rng)
+            progress["saved"] = f"step {step}"
 
     if cfg.eval and cfg.steps > 0:  # (--steps 0: the warm start alone, evaluated above)
+        progress["where"] = f"during the evaluation at step {cfg.steps}"
         run_eval(cfg.steps)
-    return run_dir, policy, value_head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -779,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, curriculum.DataError) as e:
         print(f"stepcoder: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"stepcoder: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the run directory was chosen: nothing to continue
+        print("stepcoder: interrupted", file=sys.stderr)
+        return 130
     except torch.cuda.OutOfMemoryError:
         print("stepcoder: CUDA out of memory: try --gradient-checkpointing, a smaller --minibatch-size or "
               "--gen-batch-size, fewer --max-new-tokens, or 4-bit loading (drop --no-4bit)", file=sys.stderr)
