@@ -5,7 +5,8 @@
 
 Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
 SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile error, the worst
-over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`.
+over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`,
+to be used only when `coverage_complete` (departure 2).
 How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
 contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
 a kill. Outputs are compared in the caller: workers never see expected outputs.
@@ -15,8 +16,14 @@ Departures from the paper / the APPS harness, and why:
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran and stops after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`,
-   or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced for the verdict.
+   whose lines all ran (in this test or an earlier one) and gives up after b s. Killed at `timeout + b`: a
+   timeout anyway. Done after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a
+   signal): re-run untraced for the verdict. If 3.11's tracer gave up with lines unseen and the test ended
+   by itself, the test is re-run once more for coverage alone, every line traced, killed at `timeout`.
+   `coverage_complete` is False (FGO must keep every token: it never masks a line that ran) when a line may
+   have run unmarked: the tracer gave up and that re-run was not made (a timeout; an earlier test already
+   incomplete) or did not end as the test did; or a crash's verdict came from the untraced re-run. A program
+   that takes another path when re-run (say, random) can still leave a line of its first run unmarked.
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
    would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
@@ -79,6 +86,9 @@ class ExecResult:
     executed_lines: frozenset = frozenset()  # 1-based lines of `code` run by any test that ran
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
+    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False:
+    # some may have run unmarked (departure 2; coverage off; the sandbox failed): FGO must keep every token.
+    coverage_complete: bool = False
 
 # ---------------------------------------------------------------- comparison (SPEC §2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
@@ -169,7 +179,8 @@ def _judge(raw, tests) -> ExecResult:
     total = len(tests["inputs"])
     if "runs" not in raw:
         status = "compile_error" if "compile_error" in raw else "runtime_error"
-        return ExecResult(status, 0, total, REWARDS[status], error=raw.get("compile_error") or raw["error"])
+        error = raw.get("compile_error") or raw["error"]
+        return ExecResult(status, 0, total, REWARDS[status], error=error, coverage_complete=status == "compile_error")
     details = []
     for (kind, seconds, out, err, value), want in zip(raw["runs"], tests["outputs"]):
         if kind == "ok":
@@ -181,7 +192,8 @@ def _judge(raw, tests) -> ExecResult:
         details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:]))
     status = min((d.verdict for d in details), key=REWARDS.__getitem__)  # the worst wins
     passed = sum(d.verdict == "pass" for d in details)
-    return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details)
+    return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
+                      coverage_complete=raw["complete"])
 
 class _Pool:
     """This process's one pool of warm workers: module state, made on first use, closed at exit."""
@@ -283,21 +295,40 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
-    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None
-    budget, runs = min(0.1, timeout / 10), []
+    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
+    runs = []
+    complete = coverage
     for inp in inputs:
-        run = _run_one(program, inp, fn_name, timeout + budget if cov else timeout, cov and (cov, budget), ctx)
-        late, crashed = run[0] == "ok" and run[1] > timeout, run[0] == "runtime_error"
-        if cov and (late or crashed and re.search("RecursionError|MemoryError|killed by", run[3])):
-            run = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+        if cov is None:
+            run = _run_one(program, inp, fn_name, timeout, None, ctx)
+        else:
+            run, recorded = _run_traced(program, inp, fn_name, timeout, cov, ctx, complete)
+            complete = complete and recorded
         runs.append(run)
         if run[0] != "ok":
             break
-    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b}, code.splitlines()
+    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
     real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 4:
     hit |= {n for n, nxt in zip(real, real[1:])
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
-    return {"runs": runs, "lines": sorted(hit)}
+    return {"runs": runs, "lines": sorted(hit), "complete": complete}
+
+def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun):
+    """One test, traced (departure 2) -> (its run, whether every line that ran in it is marked in cov).
+    `rerun`: whether a run that the tracer gave up on may be re-run for coverage alone."""
+    budget = min(0.1, timeout / 10)
+    run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
+    gave_up = cov[0] != 0
+    cov[0] = 0
+    late = run[0] == "ok" and run[1] > timeout
+    crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
+    if late or crashed:
+        verdict = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+        return verdict, late and not gave_up  # after a crash, the untraced run may have gone further
+    if not gave_up or run[0] == "timeout" or not rerun:
+        return run, not gave_up
+    again = _run_one(program, inp, fn_name, timeout, (cov, math.inf), ctx)  # coverage only: every line traced
+    return run, again[0] == run[0]  # else killed at `timeout`, or a crash the tracer may have caused
 
 def _run_one(program, inp, fn_name, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -412,14 +443,15 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
         os._exit(status & 0xFF)
 
 def _trace_lines(buf, program, stop_at):
-    """buf[line] = 1 for each line of the program that runs (cost: departure 2)."""
+    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
+    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 2)."""
     codes = [program]
     for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     if hasattr(sys, "monitoring"):  # 3.12+: each line reported once, then DISABLEd
         mon = sys.monitoring
         def line(code, n):
-            if n < len(buf):
+            if 0 < n < len(buf):
                 buf[n] = 1
             return mon.DISABLE
         mon.use_tool_id(mon.COVERAGE_ID, "sandbox")
@@ -427,18 +459,34 @@ def _trace_lines(buf, program, stop_at):
         for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
         return
-    events = itertools.count(1)  # 3.11: settrace; left[code]: its lines yet to run (its def line runs outside)
-    left = {code: {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno} for code in codes}
+    left = {}  # 3.11: settrace; left[code]: its lines yet to run
+    for code in codes:
+        lines = {n for _, _, n in code.co_lines() if n}
+        if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
+            lines.discard(code.co_firstlineno)
+        left[code] = {n for n in lines if n >= len(buf) or not buf[n]}  # lines an earlier test marked: not needed
+    events = itertools.count(1)
     def tracer(frame, event, arg):
-        if next(events) & 1023 == 0 and time.monotonic() > stop_at:
+        count = next(events)
+        if count & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
-        elif (todo := left.get(frame.f_code)) is not None:  # else None: not the program's, not traced further
-            if event == "line" and (n := frame.f_lineno) < len(buf):
+            if any(left.values()):
+                buf[0] = 1
+            return None
+        todo = left.get(frame.f_code)
+        if todo is None:  # not the program's code: not traced further
+            return None
+        if event == "line":
+            n = frame.f_lineno
+            if 0 < n < len(buf):
                 buf[n] = 1
-                todo.discard(n)
-            frame.f_trace = tracer if todo else None  # all its lines ran: this code object is traced no more
-            return frame.f_trace
+            todo.discard(n)
+        if not todo:  # all its lines ran: this code object is traced no more
+            frame.f_trace = None
+            return None
+        frame.f_trace = tracer
+        return tracer
     threading.settrace(tracer)
     sys.settrace(tracer)
 

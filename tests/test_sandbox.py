@@ -211,7 +211,43 @@ def test_coverage_survives_a_timeout_kill():
 
 def test_coverage_off_gives_no_lines_and_same_verdict():
     r = run1("print(input())\n", "a\n", "a\n", coverage=False)
-    assert r.status == "pass" and r.executed_lines == frozenset()
+    assert r.status == "pass" and r.executed_lines == frozenset() and r.coverage_complete is False
+
+
+LONG_LOOP = "s = 0\nfor i in range({n}):\n    s += i\nif s > 0:\n    print(s)\n"
+
+
+def test_lines_after_a_loop_longer_than_the_trace_budget_are_marked():
+    # 3.11: the tracer gives up after 0.1 s inside the loop; lines 4-5 come from the coverage-only re-run.
+    n = 500_000
+    r = run1(LONG_LOOP.format(n=n), "", str(n * (n - 1) // 2), timeout=3.0)
+    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 4, 5} and r.coverage_complete
+
+
+def test_coverage_that_may_miss_a_line_that_ran_says_so():
+    # 3.11: fully traced, this loop takes ~10x its 0.2 s: the coverage re-run is killed at 1 s.
+    n = 1_500_000
+    r = run1(LONG_LOOP.format(n=n), "", str(n * (n - 1) // 2), timeout=1.0)
+    assert r.status == "pass"
+    if hasattr(sys, "monitoring"):  # 3.12: every line, always
+        assert r.executed_lines == {1, 2, 3, 4, 5} and r.coverage_complete
+    else:
+        assert r.executed_lines >= {1, 2, 3} and r.coverage_complete is False
+
+
+def test_module_def_on_line_1_is_marked_for_a_call_based_program():
+    r = run_tests("def f(x):\n    return x + 1\n", {"inputs": [[1]], "outputs": [2], "fn_name": "f"}, 1.0)
+    assert r.status == "pass" and r.executed_lines == {1, 2} and r.coverage_complete
+
+
+def test_verdict_from_an_untraced_rerun_after_a_crash_is_not_complete_coverage():
+    r = run1("def f(n):\n    return f(n + 1)\nf(0)\n", "", "")
+    assert r.status == "runtime_error" and "RecursionError" in r.details[0].stderr and r.coverage_complete is False
+
+
+def test_compile_error_has_complete_empty_coverage():
+    r = run1("x = = 1\n")
+    assert r.status == "compile_error" and r.executed_lines == frozenset() and r.coverage_complete
 
 
 def test_tracing_never_turns_a_pass_into_a_timeout():
