@@ -9,7 +9,9 @@ over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the polic
 to be used only when `coverage_complete` (departure 2).
 How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
 contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
-a kill. Outputs are compared in the caller: workers never see expected outputs.
+a kill. Outputs are compared in the caller: workers never see expected outputs. Workers ignore SIGINT (a
+terminal's Ctrl-C is the caller's to handle): closing the pool, at exit or when run_batch is interrupted,
+kills each worker's current test, and the workers exit and are waited for.
 
 Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
@@ -210,14 +212,23 @@ class _Pool:
         self.workers += [None] * (n - len(self.workers))
         for i, w in enumerate(self.workers[:n]):
             if w is None or w.poll() is not None:
-                boot = f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})"
+                boot = (f"import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is for the caller
+                        f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})")
                 self.workers[i] = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
                                                    stdout=subprocess.PIPE, env=ENV)
         return self.workers[:n]
 
-    def close(self):  # EOF: each worker exits after its current test, whose deadline it still enforces
-        for w in self.workers if self.owner == os.getpid() else []:
-            w.stdin.close()
+    def close(self):
+        """EOF to each worker: it kills its current test's processes and exits; waited for, 2 s at most."""
+        mine = [w for w in self.workers if w is not None] if self.owner == os.getpid() else []
+        for w in mine:
+            for pipe in (w.stdin, w.stdout):
+                with contextlib.suppress(OSError):  # data left unflushed in a pipe to a dead worker
+                    pipe.close()
+        deadline = time.monotonic() + 2
+        for w in mine:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.wait(max(0.0, deadline - time.monotonic()))
         self.workers = []
 
 _POOL = _Pool()
@@ -276,17 +287,28 @@ def _serve(index):
            "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
            "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
                       (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root}
+    ctx["jobs"] = jobs.fileno()  # readable during a test: EOF, the caller closed the pool
     try:
         while len(head := jobs.read(8)) == 8:
             try:
                 result = _run_program(*pickle.loads(jobs.read(struct.unpack("<Q", head)[0])), ctx)
+            except _Abandoned:
+                break
             except Exception as e:  # a bug here must not hang the caller
                 result = {"error": f"sandbox: {type(e).__name__}: {e}"}
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-            results.write(struct.pack("<Q", len(data)) + data)
-            results.flush()
+            try:
+                results.write(struct.pack("<Q", len(data)) + data)
+                results.flush()
+            except BrokenPipeError:  # the caller is gone
+                break
     finally:
         shutil.rmtree(home, ignore_errors=True)
+        with contextlib.suppress(BrokenPipeError):  # else reported at exit, when the file is freed
+            results.close()
+
+class _Abandoned(Exception):
+    """The caller closed the pool during a test: its processes are killed, and the worker exits."""
 
 def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     """Compile once, run each test in a fresh child (departures 1, 2); raw runs, executed lines."""
@@ -347,8 +369,11 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
         if pid == 0:
             _child(program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
         pidfd = os.pidfd_open(pid)
-        timed_out, seconds = not select.select([pidfd], [], [], limit)[0], time.perf_counter() - start
+        ready = select.select([pidfd, ctx["jobs"]], [], [], limit)[0]
+        seconds = time.perf_counter() - start
         os.close(pidfd)
+        timed_out = not ready
+        abandoned = pidfd not in ready and ctx["jobs"] in ready
         for kill in (os.killpg, os.kill):  # the whole group, whatever it does with signals
             with contextlib.suppress(ProcessLookupError):
                 kill(pid, signal.SIGKILL)
@@ -360,6 +385,8 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(int(orphan), signal.SIGKILL)
                 os.waitpid(-1, 0)
+        if abandoned:
+            raise _Abandoned()
         out = os.pread(fds[1], OUTPUT_BYTES, 0).decode("utf-8", "replace")
         err = os.pread(fds[2], 4 * EXCERPT, max(0, os.fstat(fds[2]).st_size - 4 * EXCERPT)).decode("utf-8", "replace")
         value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if fn_name else None
@@ -408,6 +435,7 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
         # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
         module = sys.modules["__main__"] = types.ModuleType("__main__")
         module.__file__, status = FILENAME, 0
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
         if trace:
             _trace_lines(trace[0], program, time.monotonic() + trace[1])
         try:

@@ -3,7 +3,7 @@
 One property per test. Timeouts are small (1-2 s) to keep the file fast; runs as root in CI, where
 the privilege drop is exercised; claims that need Landlock levels skip where the kernel lacks them.
 """
-import json, os, socket, subprocess, sys, textwrap, time
+import json, os, signal, socket, subprocess, sys, textwrap, time
 
 import pytest
 
@@ -310,6 +310,42 @@ def test_run_batch_keeps_input_order_and_shows_a_bar(capsys):
     results = run_batch(jobs, timeout=2.0, workers=2, progress=True)
     assert [r.status for r in results] == ["pass", "pass", "pass", "wrong_answer", "wrong_answer", "wrong_answer"]
     assert "sandbox" in capsys.readouterr().err
+
+
+def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores SIGINT; its test must not
+    code = "import signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    assert run1(code, "", "True").status == "pass"
+
+
+CTRL_C = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+tests = {"inputs": [""], "outputs": [""], "fn_name": None}
+sandbox.run_batch([("print()", tests)] * 2, workers=2)
+print(*[w.pid for w in sandbox._POOL.workers], flush=True)
+try:
+    sandbox.run_batch([("import time\\ntime.sleep(30)\\n", tests)] * 2, timeout=20.0, workers=2)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+"""
+
+
+def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
+    # As a terminal's Ctrl-C: SIGINT to the caller's whole process group, its workers included.
+    p = subprocess.Popen([sys.executable, "-c", CTRL_C, os.path.dirname(SANDBOX)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = [int(pid) for pid in p.stdout.readline().split()]
+    time.sleep(0.5)  # both sleepers started
+    tests = []
+    for pid in workers:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            tests += [int(child) for child in f.read().split()]
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=10)[1]
+    assert len(workers) == 2 and len(tests) == 2
+    assert err.strip() == "interrupted", err
+    assert [pid for pid in workers + tests if os.path.exists(f"/proc/{pid}")] == []
 
 
 def test_malformed_tests_are_rejected_with_a_message():
