@@ -1,6 +1,6 @@
 """Run generated programs against APPS-style unit tests: verdict, reward and line coverage.
 
-    python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]
+    python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]  # exit 0: pass
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
 
 Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
@@ -62,6 +62,7 @@ REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": 
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
 SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
+SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "heapq",
@@ -78,6 +79,7 @@ class TestResult:
     seconds: float
     stdout: str = ""  # excerpt
     stderr: str = ""  # excerpt (the end, where the traceback is)
+    returned: str = ""  # call-based: the returned value as JSON (excerpt)
 
 @dataclass
 class ExecResult:
@@ -191,7 +193,7 @@ def _judge(raw, tests) -> ExecResult:
             except (ValueError, RecursionError):  # a return value that is not JSON is not the answer
                 ok = False
             kind = "pass" if ok else "wrong_answer"
-        details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:]))
+        details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:], (value or "")[:EXCERPT]))
     status = min((d.verdict for d in details), key=REWARDS.__getitem__)  # the worst wins
     passed = sum(d.verdict == "pass" for d in details)
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
@@ -541,17 +543,47 @@ def main(argv=None):
         result = run_tests(code, problems[args.id].tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
         die(str(e))
+    failure = _first_failure(result, problems[args.id].tests)
     if args.json:
-        return print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines)}, indent=1))
+        cut = None if failure is None else {k: _cut(v) if isinstance(v, str) else v for k, v in failure.items()}
+        print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines), "first_failure": cut}, indent=1))
+        return 0 if result.status == "pass" else 1
     unmarked = result.status == "compile_error"  # nothing ran, and FGO keeps all its tokens (SPEC §4)
+    if args.show_coverage:
+        print("coverage: + ran, - never ran, blank: a blank or comment line" + " (or nothing ran)" * unmarked)
     if args.show_coverage and unmarked:
         print("(the program does not compile: no line ran, and FGO keeps every token of it)")
-    for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):  # + ran, - never ran
+    if args.show_coverage and not unmarked and not result.coverage_complete:
+        print("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
+    for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):
         blank = unmarked or line.strip()[:1] in ("", "#")
         print(f"{n:4} {'+' if n in result.executed_lines else ' ' if blank else '-'} | {line}")
     for i, d in enumerate(result.details, 1):
         print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s" + (f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""))
+    if failure is not None:
+        print(f"first failing test: test {failure['test']} ({failure['verdict']})")
+        show = str if problems[args.id].fn_name else repr  # call-based: JSON as it is; stdin: quoted, \n shown
+        for key in ("input", "expected", "actual"):
+            print(f"  {key + ':':9} {_cut(failure[key], show)}")
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
+    return 0 if result.status == "pass" else 1
+
+def _first_failure(result, tests):
+    """The first test that ran and did not pass: its number, verdict, and input, expected and actual
+    output as text (call-based: as JSON; actual: the returned value); None if there is none."""
+    call = tests["fn_name"] is not None
+    for i, d in enumerate(result.details):
+        if d.verdict != "pass":
+            inp, want = tests["inputs"][i], tests["outputs"][i]
+            return {"test": i + 1, "verdict": d.verdict, "input": json.dumps(inp) if call else inp,
+                    "expected": json.dumps(want) if call else want, "actual": d.returned if call else d.stdout}
+    return None
+
+def _cut(text, show=str):
+    """`text` shown by `show`, cut at SHOWN characters with "..." after."""
+    if len(text) <= SHOWN:
+        return show(text)
+    return show(text[:SHOWN]) + "..."
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -485,6 +485,47 @@ def test_cli_json_is_the_exec_result(problem_file):
     assert (out["status"], out["reward"], out["executed_lines"]) == ("pass", 1.0, [1, 2, 4, 5])
 
 
+@pytest.mark.parametrize("program,status,code", [
+    ("print(2 * int(input()))", "pass", 0), ("print(0)", "wrong_answer", 1), ("print(1 // 0)", "runtime_error", 1),
+    ("while True:\n    pass", "timeout", 1), ("print(", "compile_error", 1)])
+def test_cli_exit_status_is_0_for_pass_else_1(problem_file, program, status, code):
+    (problem_file / "v.py").write_text(program + "\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7, "--timeout", 0.5)
+    assert p.returncode == code and p.stdout.splitlines()[-1].startswith(f"{status}: reward")
+
+
+def test_cli_shows_the_first_failing_test_input_expected_and_actual(problem_file):
+    (problem_file / "v.py").write_text("n = int(input())\nprint(2 * n if n < 4 else 'x' * 1000)\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7)
+    assert p.returncode == 1 and "first failing test: test 2 (wrong_answer)" in p.stdout
+    assert "  input:    '5\\n'\n" in p.stdout and "  expected: '10\\n'\n" in p.stdout
+    assert f"  actual:   '{'x' * sandbox.SHOWN}'...\n" in p.stdout  # cut, and says so
+
+
+def test_cli_json_has_the_first_failure_and_the_exit_status(problem_file):
+    (problem_file / "v.py").write_text("print(7)\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7, "--json")
+    failure = json.loads(p.stdout)["first_failure"]
+    assert p.returncode == 1 and failure == {"test": 1, "verdict": "wrong_answer", "input": "3\n",
+                                             "expected": "6\n", "actual": "7\n"}
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["first_failure"] is None
+
+
+def test_cli_call_based_failure_shows_the_returned_value(tmp_path):
+    rec = {"problem_id": 8, "question": "Add.", "canonical_solution": "def add(a, b):\n    return a + b\n",
+           "starter_code": "", "difficulty": "introductory", "fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}
+    (tmp_path / "p.json").write_text(json.dumps([rec]))
+    (tmp_path / "v.py").write_text("def add(a, b):\n    return [a, b]\n")
+    p = cli(tmp_path / "v.py", "--data", tmp_path / "p.json", "--id", 8)
+    assert p.returncode == 1 and "  input:    [1, 2]\n  expected: 3\n  actual:   [1, 2]\n" in p.stdout
+
+
+def test_cli_coverage_has_a_legend(problem_file):
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--show-coverage")
+    assert p.stdout.splitlines()[0] == "coverage: + ran, - never ran, blank: a blank or comment line"
+
+
 @pytest.mark.parametrize("args,needle", [
     (["missing.py", "--data", "p.json", "--id", 7], "missing.py"),
     (["prog.py", "--data", "nope.json", "--id", 7], "nope.json"),
