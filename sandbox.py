@@ -21,11 +21,13 @@ Departures from the paper / the APPS harness, and why:
    whose lines all ran (in this test or an earlier one) and gives up after b s. Killed at `timeout + b`: a
    timeout anyway. Done after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a
    signal): re-run untraced for the verdict. If 3.11's tracer gave up with lines unseen and the test ended
-   by itself, the test is re-run once more for coverage alone, every line traced, killed at `timeout`.
+   by itself, the test is re-run once more for coverage alone, every line traced; such re-runs of one
+   program share one `timeout` (killed when it is spent): at most one test's time more per program.
    `coverage_complete` is False (FGO must keep every token: it never masks a line that ran) when a line may
    have run unmarked: the tracer gave up and that re-run was not made (a timeout; an earlier test already
-   incomplete) or did not end as the test did; or a crash's verdict came from the untraced re-run. A program
-   that takes another path when re-run (say, random) can still leave a line of its first run unmarked.
+   incomplete) or did not end as the test did (killed); or a crash's verdict came from the untraced re-run.
+   A program that takes another path when re-run (say, random) can still leave a line of its first run
+   unmarked.
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
    would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
@@ -322,12 +324,14 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
     runs = []
     complete = coverage
+    rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 2)
     for inp in inputs:
         if cov is None:
             run = _run_one(program, inp, fn_name, timeout, None, ctx)
         else:
-            run, recorded = _run_traced(program, inp, fn_name, timeout, cov, ctx, complete)
+            run, recorded, spent = _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_left if complete else 0.0)
             complete = complete and recorded
+            rerun_left -= spent
         runs.append(run)
         if run[0] != "ok":
             break
@@ -337,9 +341,9 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit), "complete": complete}
 
-def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun):
-    """One test, traced (departure 2) -> (its run, whether every line that ran in it is marked in cov).
-    `rerun`: whether a run that the tracer gave up on may be re-run for coverage alone."""
+def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_limit):
+    """One test, traced (departure 2) -> (its run, whether every line that ran in it is marked in cov,
+    seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
     budget = min(0.1, timeout / 10)
     run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
     gave_up = cov[0] != 0
@@ -348,11 +352,11 @@ def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun):
     crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
     if late or crashed:
         verdict = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
-        return verdict, late and not gave_up  # after a crash, the untraced run may have gone further
-    if not gave_up or run[0] == "timeout" or not rerun:
-        return run, not gave_up
-    again = _run_one(program, inp, fn_name, timeout, (cov, math.inf), ctx)  # coverage only: every line traced
-    return run, again[0] == run[0]  # else killed at `timeout`, or a crash the tracer may have caused
+        return verdict, late and not gave_up, 0.0  # after a crash, the untraced run may have gone further
+    if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
+        return run, not gave_up, 0.0
+    again = _run_one(program, inp, fn_name, rerun_limit, (cov, math.inf), ctx)  # every line traced
+    return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
 
 def _run_one(program, inp, fn_name, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""

@@ -235,6 +235,16 @@ def test_coverage_that_may_miss_a_line_that_ran_says_so():
         assert r.executed_lines >= {1, 2, 3} and r.coverage_complete is False
 
 
+def test_coverage_reruns_of_a_program_take_one_timeout_at_most():
+    # 3.11: each test gives up at line 4, which never runs; its coverage re-run, fully traced, takes ~0.8 s.
+    code = "s = 0\nfor i in range(300_000):\n    s += i\n    if s < 0:\n        print('never')\nprint(s > 0)\n"
+    start = time.monotonic()
+    r = run_tests(code, stdin_tests([""] * 5, ["True"] * 5), 1.0)
+    elapsed = time.monotonic() - start
+    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 4, 6}
+    assert elapsed < sum(d.seconds for d in r.details) + 1.0 + 0.8, elapsed  # unbounded: ~5 x 0.8 s more
+
+
 def test_module_def_on_line_1_is_marked_for_a_call_based_program():
     r = run_tests("def f(x):\n    return x + 1\n", {"inputs": [[1]], "outputs": [2], "fn_name": "f"}, 1.0)
     assert r.status == "pass" and r.executed_lines == {1, 2} and r.coverage_complete
