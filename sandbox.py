@@ -18,16 +18,13 @@ Departures from the paper / the APPS harness, and why:
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran (in this test or an earlier one) and gives up after b s. Killed at `timeout + b`: a
-   timeout anyway. Done after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a
-   signal): re-run untraced for the verdict. If 3.11's tracer gave up with lines unseen and the test ended
-   by itself, the test is re-run once more for coverage alone, every line traced; such re-runs of one
-   program share one `timeout` (killed when it is spent): at most one test's time more per program.
-   `coverage_complete` is False (FGO must keep every token: it never masks a line that ran) when a line may
-   have run unmarked: the tracer gave up and that re-run was not made (a timeout; an earlier test already
-   incomplete) or did not end as the test did (killed); or a crash's verdict came from the untraced re-run.
-   A program that takes another path when re-run (say, random) can still leave a line of its first run
-   unmarked.
+   whose lines all ran (in any test) and gives up after b s. Killed at `timeout + b`: a timeout anyway. Done
+   after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
+   for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
+   for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
+   `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
+   not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
+   another path when re-run, say random, can still leave a line of its first run unmarked.)
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
    would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
