@@ -341,16 +341,23 @@ except KeyboardInterrupt:
 """
 
 
+def children(pids):
+    found = []
+    for pid in pids:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
 def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
     # As a terminal's Ctrl-C: SIGINT to the caller's whole process group, its workers included.
     p = subprocess.Popen([sys.executable, "-c", CTRL_C, os.path.dirname(SANDBOX)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     workers = [int(pid) for pid in p.stdout.readline().split()]
-    time.sleep(0.5)  # both sleepers started
-    tests = []
-    for pid in workers:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            tests += [int(child) for child in f.read().split()]
+    tests, deadline = [], time.monotonic() + 5
+    while len(tests) < 2 and time.monotonic() < deadline:  # until both sleepers run
+        time.sleep(0.05)
+        tests = children(workers)
     os.killpg(p.pid, signal.SIGINT)
     err = p.communicate(timeout=10)[1]
     assert len(workers) == 2 and len(tests) == 2
