@@ -30,6 +30,7 @@ import ast
 import io
 import json
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -273,6 +274,30 @@ def stats(problems: list[Problem]) -> str:
     return "\n".join(out)
 
 
+def missing_id(wanted: str, path: str | Path, problems: list[Problem]) -> str:
+    """One line: `wanted` is not in the file at `path`, which ids it has, and which bundled file has it."""
+    ids = [p.problem_id for p in problems]
+    count = f"{len(ids)} problem" + "s" * (len(ids) != 1)
+    if all(isinstance(i, int) for i in ids):
+        have = f"{count}, ids {min(ids)} to {max(ids)}"
+    else:
+        have = f"{count}, ids {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
+    message = f"no problem with id {wanted!r} in {path} ({have})"
+    for other in sorted((Path(__file__).parent / "data").glob("*.json*")):
+        if other.resolve() == Path(path).resolve():
+            continue
+        try:
+            found = any(str(p.problem_id) == wanted for p in load_problems(other))
+        except DataError:
+            continue
+        if found:
+            shown = os.path.relpath(other)
+            if shown.startswith(".."):  # not below the current directory
+                shown = str(other)
+            return f"{message}; it is in {shown}: --data {shown}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Show problems and their CCCS stages (StepCoder §3.2).")
     ap.add_argument("--data", default=str(Path(__file__).parent / "data" / "train.json"),
@@ -284,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = load_problems(args.data)
         match = [p for p in problems if str(p.problem_id) == args.id]
         if args.id is not None and not match:
-            raise DataError(f"no problem with id {args.id!r} in {args.data} (--stats lists the file)")
+            raise DataError(missing_id(args.id, args.data, problems))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,22 +1,30 @@
 """Run generated programs against APPS-style unit tests: verdict, reward and line coverage.
 
-    python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]
+    python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]  # exit 0: pass
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
 
 Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
 SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile error, the worst
-over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`.
+over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`,
+to be used only when `coverage_complete` (departure 2).
 How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
 contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
-a kill. Outputs are compared in the caller: workers never see expected outputs.
+a kill. Outputs are compared in the caller: workers never see expected outputs. Workers ignore SIGINT (a
+terminal's Ctrl-C is the caller's to handle): closing the pool, at exit or when run_batch is interrupted,
+kills each worker's current test, and the workers exit and are waited for.
 
 Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran and stops after b s. Killed at `timeout + b`: a timeout anyway. Done after `timeout`,
-   or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced for the verdict.
+   whose lines all ran (in any test) and gives up after b s. Killed at `timeout + b`: a timeout anyway. Done
+   after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
+   for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
+   for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
+   `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
+   not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
+   another path when re-run, say random, can still leave a line of its first run unmarked.)
 3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
    would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
@@ -53,6 +61,7 @@ REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": 
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
 SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
+SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "heapq",
@@ -69,6 +78,7 @@ class TestResult:
     seconds: float
     stdout: str = ""  # excerpt
     stderr: str = ""  # excerpt (the end, where the traceback is)
+    returned: str = ""  # call-based: the returned value as JSON (excerpt)
 
 @dataclass
 class ExecResult:
@@ -79,6 +89,9 @@ class ExecResult:
     executed_lines: frozenset = frozenset()  # 1-based lines of `code` run by any test that ran
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
+    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False:
+    # some may have run unmarked (departure 2; coverage off; the sandbox failed): FGO must keep every token.
+    coverage_complete: bool = False
 
 # ---------------------------------------------------------------- comparison (SPEC §2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
@@ -169,7 +182,8 @@ def _judge(raw, tests) -> ExecResult:
     total = len(tests["inputs"])
     if "runs" not in raw:
         status = "compile_error" if "compile_error" in raw else "runtime_error"
-        return ExecResult(status, 0, total, REWARDS[status], error=raw.get("compile_error") or raw["error"])
+        error = raw.get("compile_error") or raw["error"]
+        return ExecResult(status, 0, total, REWARDS[status], error=error, coverage_complete=status == "compile_error")
     details = []
     for (kind, seconds, out, err, value), want in zip(raw["runs"], tests["outputs"]):
         if kind == "ok":
@@ -178,10 +192,11 @@ def _judge(raw, tests) -> ExecResult:
             except (ValueError, RecursionError):  # a return value that is not JSON is not the answer
                 ok = False
             kind = "pass" if ok else "wrong_answer"
-        details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:]))
+        details.append(TestResult(kind, round(seconds, 4), out[:EXCERPT], err[-EXCERPT:], (value or "")[:EXCERPT]))
     status = min((d.verdict for d in details), key=REWARDS.__getitem__)  # the worst wins
     passed = sum(d.verdict == "pass" for d in details)
-    return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details)
+    return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
+                      coverage_complete=raw["complete"])
 
 class _Pool:
     """This process's one pool of warm workers: module state, made on first use, closed at exit."""
@@ -198,14 +213,23 @@ class _Pool:
         self.workers += [None] * (n - len(self.workers))
         for i, w in enumerate(self.workers[:n]):
             if w is None or w.poll() is not None:
-                boot = f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})"
+                boot = (f"import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is for the caller
+                        f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})")
                 self.workers[i] = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
                                                    stdout=subprocess.PIPE, env=ENV)
         return self.workers[:n]
 
-    def close(self):  # EOF: each worker exits after its current test, whose deadline it still enforces
-        for w in self.workers if self.owner == os.getpid() else []:
-            w.stdin.close()
+    def close(self):
+        """EOF to each worker: it kills its current test's processes and exits; waited for, 2 s at most."""
+        mine = [w for w in self.workers if w is not None] if self.owner == os.getpid() else []
+        for w in mine:
+            for pipe in (w.stdin, w.stdout):
+                with contextlib.suppress(OSError):  # data left unflushed in a pipe to a dead worker
+                    pipe.close()
+        deadline = time.monotonic() + 2
+        for w in mine:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.wait(max(0.0, deadline - time.monotonic()))
         self.workers = []
 
 _POOL = _Pool()
@@ -264,17 +288,28 @@ def _serve(index):
            "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
            "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
                       (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root}
+    ctx["jobs"] = jobs.fileno()  # readable during a test: EOF, the caller closed the pool
     try:
         while len(head := jobs.read(8)) == 8:
             try:
                 result = _run_program(*pickle.loads(jobs.read(struct.unpack("<Q", head)[0])), ctx)
+            except _Abandoned:
+                break
             except Exception as e:  # a bug here must not hang the caller
                 result = {"error": f"sandbox: {type(e).__name__}: {e}"}
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-            results.write(struct.pack("<Q", len(data)) + data)
-            results.flush()
+            try:
+                results.write(struct.pack("<Q", len(data)) + data)
+                results.flush()
+            except BrokenPipeError:  # the caller is gone
+                break
     finally:
         shutil.rmtree(home, ignore_errors=True)
+        with contextlib.suppress(BrokenPipeError):  # else reported at exit, when the file is freed
+            results.close()
+
+class _Abandoned(Exception):
+    """The caller closed the pool during a test: its processes are killed, and the worker exits."""
 
 def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     """Compile once, run each test in a fresh child (departures 1, 2); raw runs, executed lines."""
@@ -283,21 +318,42 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
-    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None
-    budget, runs = min(0.1, timeout / 10), []
+    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
+    runs = []
+    complete = coverage
+    rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 2)
     for inp in inputs:
-        run = _run_one(program, inp, fn_name, timeout + budget if cov else timeout, cov and (cov, budget), ctx)
-        late, crashed = run[0] == "ok" and run[1] > timeout, run[0] == "runtime_error"
-        if cov and (late or crashed and re.search("RecursionError|MemoryError|killed by", run[3])):
-            run = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+        if cov is None:
+            run = _run_one(program, inp, fn_name, timeout, None, ctx)
+        else:
+            run, recorded, spent = _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_left if complete else 0.0)
+            complete = complete and recorded
+            rerun_left -= spent
         runs.append(run)
         if run[0] != "ok":
             break
-    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b}, code.splitlines()
+    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
     real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 4:
     hit |= {n for n, nxt in zip(real, real[1:])
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
-    return {"runs": runs, "lines": sorted(hit)}
+    return {"runs": runs, "lines": sorted(hit), "complete": complete}
+
+def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_limit):
+    """One test, traced (departure 2) -> (its run, whether every line that ran in it is marked in cov,
+    seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
+    budget = min(0.1, timeout / 10)
+    run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
+    gave_up = cov[0] != 0
+    cov[0] = 0
+    late = run[0] == "ok" and run[1] > timeout
+    crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
+    if late or crashed:
+        verdict = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+        return verdict, late and not gave_up, 0.0  # after a crash, the untraced run may have gone further
+    if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
+        return run, not gave_up, 0.0
+    again = _run_one(program, inp, fn_name, rerun_limit, (cov, math.inf), ctx)  # every line traced
+    return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
 
 def _run_one(program, inp, fn_name, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -316,8 +372,11 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
         if pid == 0:
             _child(program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
         pidfd = os.pidfd_open(pid)
-        timed_out, seconds = not select.select([pidfd], [], [], limit)[0], time.perf_counter() - start
+        ready = select.select([pidfd, ctx["jobs"]], [], [], limit)[0]
+        seconds = time.perf_counter() - start
         os.close(pidfd)
+        timed_out = not ready
+        abandoned = pidfd not in ready and ctx["jobs"] in ready
         for kill in (os.killpg, os.kill):  # the whole group, whatever it does with signals
             with contextlib.suppress(ProcessLookupError):
                 kill(pid, signal.SIGKILL)
@@ -329,6 +388,8 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(int(orphan), signal.SIGKILL)
                 os.waitpid(-1, 0)
+        if abandoned:
+            raise _Abandoned()
         out = os.pread(fds[1], OUTPUT_BYTES, 0).decode("utf-8", "replace")
         err = os.pread(fds[2], 4 * EXCERPT, max(0, os.fstat(fds[2]).st_size - 4 * EXCERPT)).decode("utf-8", "replace")
         value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if fn_name else None
@@ -377,6 +438,7 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
         # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
         module = sys.modules["__main__"] = types.ModuleType("__main__")
         module.__file__, status = FILENAME, 0
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
         if trace:
             _trace_lines(trace[0], program, time.monotonic() + trace[1])
         try:
@@ -412,14 +474,15 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
         os._exit(status & 0xFF)
 
 def _trace_lines(buf, program, stop_at):
-    """buf[line] = 1 for each line of the program that runs (cost: departure 2)."""
+    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
+    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 2)."""
     codes = [program]
     for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     if hasattr(sys, "monitoring"):  # 3.12+: each line reported once, then DISABLEd
         mon = sys.monitoring
         def line(code, n):
-            if n < len(buf):
+            if 0 < n < len(buf):
                 buf[n] = 1
             return mon.DISABLE
         mon.use_tool_id(mon.COVERAGE_ID, "sandbox")
@@ -427,18 +490,34 @@ def _trace_lines(buf, program, stop_at):
         for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
         return
-    events = itertools.count(1)  # 3.11: settrace; left[code]: its lines yet to run (its def line runs outside)
-    left = {code: {n for _, _, n in code.co_lines() if n} - {code.co_firstlineno} for code in codes}
+    left = {}  # 3.11: settrace; left[code]: its lines yet to run
+    for code in codes:
+        lines = {n for _, _, n in code.co_lines() if n}
+        if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
+            lines.discard(code.co_firstlineno)
+        left[code] = {n for n in lines if n >= len(buf) or not buf[n]}  # lines an earlier test marked: not needed
+    events = itertools.count(1)
     def tracer(frame, event, arg):
-        if next(events) & 1023 == 0 and time.monotonic() > stop_at:
+        count = next(events)
+        if count & 1023 == 0 and time.monotonic() > stop_at:
             sys.settrace(None)
             threading.settrace(None)
-        elif (todo := left.get(frame.f_code)) is not None:  # else None: not the program's, not traced further
-            if event == "line" and (n := frame.f_lineno) < len(buf):
+            if any(left.values()):
+                buf[0] = 1
+            return None
+        todo = left.get(frame.f_code)
+        if todo is None:  # not the program's code: not traced further
+            return None
+        if event == "line":
+            n = frame.f_lineno
+            if 0 < n < len(buf):
                 buf[n] = 1
-                todo.discard(n)
-            frame.f_trace = tracer if todo else None  # all its lines ran: this code object is traced no more
-            return frame.f_trace
+            todo.discard(n)
+        if not todo:  # all its lines ran: this code object is traced no more
+            frame.f_trace = None
+            return None
+        frame.f_trace = tracer
+        return tracer
     threading.settrace(tracer)
     sys.settrace(tracer)
 
@@ -465,17 +544,47 @@ def main(argv=None):
         result = run_tests(code, problems[args.id].tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
         die(str(e))
+    failure = _first_failure(result, problems[args.id].tests)
     if args.json:
-        return print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines)}, indent=1))
+        cut = None if failure is None else {k: _cut(v) if isinstance(v, str) else v for k, v in failure.items()}
+        print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines), "first_failure": cut}, indent=1))
+        return 0 if result.status == "pass" else 1
     unmarked = result.status == "compile_error"  # nothing ran, and FGO keeps all its tokens (SPEC §4)
+    if args.show_coverage:
+        print("coverage: + ran, - never ran, blank: a blank or comment line" + " (or nothing ran)" * unmarked)
     if args.show_coverage and unmarked:
         print("(the program does not compile: no line ran, and FGO keeps every token of it)")
-    for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):  # + ran, - never ran
+    if args.show_coverage and not unmarked and not result.coverage_complete:
+        print("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
+    for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):
         blank = unmarked or line.strip()[:1] in ("", "#")
         print(f"{n:4} {'+' if n in result.executed_lines else ' ' if blank else '-'} | {line}")
     for i, d in enumerate(result.details, 1):
         print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s" + (f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""))
+    if failure is not None:
+        print(f"first failing test: test {failure['test']} ({failure['verdict']})")
+        show = str if problems[args.id].fn_name else repr  # call-based: JSON as it is; stdin: quoted, \n shown
+        for key in ("input", "expected", "actual"):
+            print(f"  {key + ':':9} {_cut(failure[key], show)}")
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
+    return 0 if result.status == "pass" else 1
+
+def _first_failure(result, tests):
+    """The first test that ran and did not pass: its number, verdict, and input, expected and actual
+    output as text (call-based: as JSON; actual: the returned value); None if there is none."""
+    call = tests["fn_name"] is not None
+    for i, d in enumerate(result.details):
+        if d.verdict != "pass":
+            inp, want = tests["inputs"][i], tests["outputs"][i]
+            return {"test": i + 1, "verdict": d.verdict, "input": json.dumps(inp) if call else inp,
+                    "expected": json.dumps(want) if call else want, "actual": d.returned if call else d.stdout}
+    return None
+
+def _cut(text, show=str):
+    """`text` shown by `show`, cut at SHOWN characters with "..." after."""
+    if len(text) <= SHOWN:
+        return show(text)
+    return show(text[:SHOWN]) + "..."
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

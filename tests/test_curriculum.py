@@ -401,6 +401,20 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args):
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
 
 
+def test_cli_id_missing_from_the_default_file_names_the_bundled_file_that_has_it(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the file is named relative to the current directory
+    assert main(["--id", "1003"]) == 2  # data/test.json's, not data/train.json's
+    err = capsys.readouterr().err
+    assert err.startswith("error: no problem with id '1003' in ") and err.count("\n") == 1
+    assert "ids 1000 to 2042" in err and err.rstrip().endswith("it is in data/test.json: --data data/test.json")
+
+
+@pytest.mark.parametrize("records,ids", [(GOOD[:1], "1 problem, ids 1 to 1"), (GOOD, "2 problems, ids 1, two")])
+def test_cli_id_missing_says_which_ids_the_file_has(tmp_path, capsys, records, ids):
+    assert main(["--data", str(write(tmp_path, records)), "--id", "42"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"p.json ({ids})")
+
+
 def test_does_not_import_torch_or_transformers():
     code = "import curriculum, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -3,7 +3,7 @@
 One property per test. Timeouts are small (1-2 s) to keep the file fast; runs as root in CI, where
 the privilege drop is exercised; claims that need Landlock levels skip where the kernel lacks them.
 """
-import json, os, socket, subprocess, sys, textwrap, time
+import json, os, signal, socket, subprocess, sys, textwrap, time
 
 import pytest
 
@@ -211,7 +211,53 @@ def test_coverage_survives_a_timeout_kill():
 
 def test_coverage_off_gives_no_lines_and_same_verdict():
     r = run1("print(input())\n", "a\n", "a\n", coverage=False)
-    assert r.status == "pass" and r.executed_lines == frozenset()
+    assert r.status == "pass" and r.executed_lines == frozenset() and r.coverage_complete is False
+
+
+LONG_LOOP = "s = 0\nfor i in range({n}):\n    s += i\nif s > 0:\n    print(s)\n"
+
+
+def test_lines_after_a_loop_longer_than_the_trace_budget_are_marked():
+    # 3.11: the tracer gives up after 0.1 s inside the loop; lines 4-5 come from the coverage-only re-run.
+    n = 500_000
+    r = run1(LONG_LOOP.format(n=n), "", str(n * (n - 1) // 2), timeout=3.0)
+    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 4, 5} and r.coverage_complete
+
+
+def test_coverage_that_may_miss_a_line_that_ran_says_so():
+    # 3.11: fully traced, this loop takes ~10x its 0.2 s: the coverage re-run is killed at 1 s.
+    n = 1_500_000
+    r = run1(LONG_LOOP.format(n=n), "", str(n * (n - 1) // 2), timeout=1.0)
+    assert r.status == "pass"
+    if hasattr(sys, "monitoring"):  # 3.12: every line, always
+        assert r.executed_lines == {1, 2, 3, 4, 5} and r.coverage_complete
+    else:
+        assert r.executed_lines >= {1, 2, 3} and r.coverage_complete is False
+
+
+def test_coverage_reruns_of_a_program_take_one_timeout_at_most():
+    # 3.11: each test gives up at line 4, which never runs; its coverage re-run, fully traced, takes ~0.8 s.
+    code = "s = 0\nfor i in range(300_000):\n    s += i\n    if s < 0:\n        print('never')\nprint(s > 0)\n"
+    start = time.monotonic()
+    r = run_tests(code, stdin_tests([""] * 5, ["True"] * 5), 1.0)
+    elapsed = time.monotonic() - start
+    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 4, 6}
+    assert elapsed < sum(d.seconds for d in r.details) + 1.0 + 0.8, elapsed  # unbounded: ~5 x 0.8 s more
+
+
+def test_module_def_on_line_1_is_marked_for_a_call_based_program():
+    r = run_tests("def f(x):\n    return x + 1\n", {"inputs": [[1]], "outputs": [2], "fn_name": "f"}, 1.0)
+    assert r.status == "pass" and r.executed_lines == {1, 2} and r.coverage_complete
+
+
+def test_verdict_from_an_untraced_rerun_after_a_crash_is_not_complete_coverage():
+    r = run1("def f(n):\n    return f(n + 1)\nf(0)\n", "", "")
+    assert r.status == "runtime_error" and "RecursionError" in r.details[0].stderr and r.coverage_complete is False
+
+
+def test_compile_error_has_complete_empty_coverage():
+    r = run1("x = = 1\n")
+    assert r.status == "compile_error" and r.executed_lines == frozenset() and r.coverage_complete
 
 
 def test_tracing_never_turns_a_pass_into_a_timeout():
@@ -274,6 +320,49 @@ def test_run_batch_keeps_input_order_and_shows_a_bar(capsys):
     results = run_batch(jobs, timeout=2.0, workers=2, progress=True)
     assert [r.status for r in results] == ["pass", "pass", "pass", "wrong_answer", "wrong_answer", "wrong_answer"]
     assert "sandbox" in capsys.readouterr().err
+
+
+def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores SIGINT; its test must not
+    code = "import signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    assert run1(code, "", "True").status == "pass"
+
+
+CTRL_C = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+tests = {"inputs": [""], "outputs": [""], "fn_name": None}
+sandbox.run_batch([("print()", tests)] * 2, workers=2)
+print(*[w.pid for w in sandbox._POOL.workers], flush=True)
+try:
+    sandbox.run_batch([("import time\\ntime.sleep(30)\\n", tests)] * 2, timeout=20.0, workers=2)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+"""
+
+
+def children(pids):
+    found = []
+    for pid in pids:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
+    # As a terminal's Ctrl-C: SIGINT to the caller's whole process group, its workers included.
+    p = subprocess.Popen([sys.executable, "-c", CTRL_C, os.path.dirname(SANDBOX)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = [int(pid) for pid in p.stdout.readline().split()]
+    tests, deadline = [], time.monotonic() + 5
+    while len(tests) < 2 and time.monotonic() < deadline:  # until both sleepers run
+        time.sleep(0.05)
+        tests = children(workers)
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=10)[1]
+    assert len(workers) == 2 and len(tests) == 2
+    assert err.strip() == "interrupted", err
+    assert [pid for pid in workers + tests if os.path.exists(f"/proc/{pid}")] == []
 
 
 def test_malformed_tests_are_rejected_with_a_message():
@@ -411,6 +500,47 @@ def test_cli_json_is_the_exec_result(problem_file):
     p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--json")
     out = json.loads(p.stdout)
     assert (out["status"], out["reward"], out["executed_lines"]) == ("pass", 1.0, [1, 2, 4, 5])
+
+
+@pytest.mark.parametrize("program,status,code", [
+    ("print(2 * int(input()))", "pass", 0), ("print(0)", "wrong_answer", 1), ("print(1 // 0)", "runtime_error", 1),
+    ("while True:\n    pass", "timeout", 1), ("print(", "compile_error", 1)])
+def test_cli_exit_status_is_0_for_pass_else_1(problem_file, program, status, code):
+    (problem_file / "v.py").write_text(program + "\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7, "--timeout", 0.5)
+    assert p.returncode == code and p.stdout.splitlines()[-1].startswith(f"{status}: reward")
+
+
+def test_cli_shows_the_first_failing_test_input_expected_and_actual(problem_file):
+    (problem_file / "v.py").write_text("n = int(input())\nprint(2 * n if n < 4 else 'x' * 1000)\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7)
+    assert p.returncode == 1 and "first failing test: test 2 (wrong_answer)" in p.stdout
+    assert "  input:    '5\\n'\n" in p.stdout and "  expected: '10\\n'\n" in p.stdout
+    assert f"  actual:   '{'x' * sandbox.SHOWN}'...\n" in p.stdout  # cut, and says so
+
+
+def test_cli_json_has_the_first_failure_and_the_exit_status(problem_file):
+    (problem_file / "v.py").write_text("print(7)\n")
+    p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7, "--json")
+    failure = json.loads(p.stdout)["first_failure"]
+    assert p.returncode == 1 and failure == {"test": 1, "verdict": "wrong_answer", "input": "3\n",
+                                             "expected": "6\n", "actual": "7\n"}
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["first_failure"] is None
+
+
+def test_cli_call_based_failure_shows_the_returned_value(tmp_path):
+    rec = {"problem_id": 8, "question": "Add.", "canonical_solution": "def add(a, b):\n    return a + b\n",
+           "starter_code": "", "difficulty": "introductory", "fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}
+    (tmp_path / "p.json").write_text(json.dumps([rec]))
+    (tmp_path / "v.py").write_text("def add(a, b):\n    return [a, b]\n")
+    p = cli(tmp_path / "v.py", "--data", tmp_path / "p.json", "--id", 8)
+    assert p.returncode == 1 and "  input:    [1, 2]\n  expected: 3\n  actual:   [1, 2]\n" in p.stdout
+
+
+def test_cli_coverage_has_a_legend(problem_file):
+    p = cli(problem_file / "prog.py", "--data", problem_file / "p.json", "--id", 7, "--show-coverage")
+    assert p.stdout.splitlines()[0] == "coverage: + ran, - never ran, blank: a blank or comment line"
 
 
 @pytest.mark.parametrize("args,needle", [
