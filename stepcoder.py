@@ -284,17 +284,20 @@ def load_base(name: str, cfg: Config, device: torch.device, tiny: bool = False):
 
 def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
     """LoRA policy (trainable adapter, frozen base, dropout 0) and a float32 value head."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    base.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    if adapter_dir:
-        policy = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
-    else:
-        targets = [t for t in cfg.lora_targets.split(",") if t]
-        policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    import warnings
+    with warnings.catch_warnings():  # peft's own deprecation warnings (its import, its calls into transformers)
+        warnings.filterwarnings("ignore", message=".*(script_method|is_gradient_checkpointing).*is deprecated")
+        from peft import LoraConfig, PeftModel, get_peft_model
+        base.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        if adapter_dir:
+            policy = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+        else:
+            targets = [t for t in cfg.lora_targets.split(",") if t]
+            policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                     target_modules=targets, task_type="CAUSAL_LM"))
     value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32, device=base.device)
     nn.init.zeros_(value_head.weight), nn.init.zeros_(value_head.bias)
     return policy, value_head

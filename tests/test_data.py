@@ -2,15 +2,12 @@
 tests in the sandbox, and the set has the size and spread the project needs (issue 3)."""
 import ast
 import math
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from curriculum import DIFFICULTIES, load_problems, split_points  # noqa: E402
+from conftest import ROOT
+from curriculum import DIFFICULTIES, load_problems, split_points
 
 TRAIN = load_problems(ROOT / "data" / "train.json")
 TEST = load_problems(ROOT / "data" / "test.json")

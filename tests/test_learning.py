@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import stepcoder
-from test_stepcoder import tiny_args
+from conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,17 +1,13 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import stepcoder
+from conftest import ROOT, run_cli, tiny_args, write_problems
 from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------- pure functions, by hand ---
@@ -87,33 +83,6 @@ def test_fgo_mask_drops_tokens_cut_off_the_program():
 
 
 # -------------------------------------------------------------- the trainer, tiny model ---
-
-def write_problems(path: Path, n: int = 6) -> Path:
-    probs = []
-    for i in range(n):
-        probs.append({"problem_id": i, "question": f"Read an integer n and print n + {i}.",
-                      "canonical_solution": f"n = int(input())\nif n > 0:\n    print(n + {i})\nelse:\n    print(n + {i})\n",
-                      "fn_name": None, "inputs": ["1\n", "-2\n", "5\n"], "outputs": [f"{1 + i}\n", f"{i - 2}\n", f"{5 + i}\n"],
-                      "starter_code": "", "difficulty": ["introductory", "interview", "competition"][i % 3]})
-        probs.append({"problem_id": 100 + i, "question": f"Return x times {i}.",
-                      "canonical_solution": f"def mul(x):\n    for _ in range(1):\n        pass\n    return x * {i}\n",
-                      "fn_name": "mul", "inputs": [[1], [2], [-3]], "outputs": [i, 2 * i, -3 * i],
-                      "starter_code": "def mul(x):\n", "difficulty": "introductory"})
-    path.write_text(json.dumps(probs))
-    return path
-
-
-def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    data = write_problems(tmp_path / "probs.json")
-    return ["--model", "tiny", "--data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run"),
-            "--sft-steps", "10", "--max-new-tokens", "48", "--problems-per-step", "3", "--samples-per-problem", "2",
-            "--minibatch-size", "3", "--eval-samples", "2", "--seed", "1", *extra]
-
-
-def run_cli(args: list[str]):
-    return subprocess.run([sys.executable, str(ROOT / "stepcoder.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
 
 def test_ratio_is_one_on_the_first_minibatch(tmp_path):
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
@@ -230,28 +199,6 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
     assert report["n"] == 4 and report["pass@1"] == report["greedy"]
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    straight = stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "3"))
-    stepcoder.train(straight)
-    first = stepcoder.parse_config(tiny_args(tmp_path / "b", "--steps", "2", "--save-every", "1"))
-    stepcoder.train(first)
-    progress2 = json.loads((tmp_path / "b" / "run" / "checkpoint" / "progress.json").read_text())
-    stepcoder.train(stepcoder.parse_config(["--resume", str(tmp_path / "b" / "run"), "--steps", "3"]))
-    a = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in b] == [1, 2, 3] and progress2["step"] == 2
-    for key in ("reward_mean", "pass_rate", "stage_hist"):  # same samples, same curriculum
-        assert a[2][key] == b[2][key]
-    assert a[2]["kl"] == pytest.approx(b[2]["kl"], abs=1e-4)  # same adapter and optimizer state
-    state_a = torch.load(tmp_path / "a" / "run" / "checkpoint" / "state.pt", weights_only=False)["optimizer"]
-    state_b = torch.load(tmp_path / "b" / "run" / "checkpoint" / "state.pt", weights_only=False)["optimizer"]
-    assert state_a["state"][0]["step"] == state_b["state"][0]["step"]
-    cur_a = json.loads((tmp_path / "a" / "run" / "checkpoint" / "progress.json").read_text())["curriculum"]
-    cur_b = json.loads((tmp_path / "b" / "run" / "checkpoint" / "progress.json").read_text())["curriculum"]
-    assert cur_a == cur_b
-
-
 @pytest.mark.parametrize("extra, needle", [
     (["--steps", "-1"], "--steps"),
     (["--top-p", "1.5"], "--top-p"),
@@ -268,6 +215,7 @@ def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, extra, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_bad_data_fails_with_one_line_naming_the_record(tmp_path):
