@@ -535,12 +535,12 @@ def main(argv=None):
     p.error = lambda msg: die(f"{msg}; usage: {usage}")
     args = p.parse_args(argv)
     try:
-        from curriculum import load_problems  # the project's validated loader (APPS+ and APPS layouts)
+        from curriculum import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
         with open(args.program, encoding="utf-8") as f:
             code = f.read()
         problems = {str(q.problem_id): q for q in load_problems(args.data)}
         if args.id not in problems:
-            raise ValueError(f"no problem with id {args.id!r} in {args.data} (some ids: {', '.join(list(problems)[:5])})")
+            raise ValueError(missing_id(args.id, args.data, list(problems.values())))
         result = run_tests(code, problems[args.id].tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
         die(str(e))

@@ -546,7 +546,8 @@ def test_cli_coverage_has_a_legend(problem_file):
 @pytest.mark.parametrize("args,needle", [
     (["missing.py", "--data", "p.json", "--id", 7], "missing.py"),
     (["prog.py", "--data", "nope.json", "--id", 7], "nope.json"),
-    (["prog.py", "--data", "p.json", "--id", 8], "no problem with id '8'"),
+    (["prog.py", "--data", "p.json", "--id", 8], "no problem with id '8' in "),  # ... p.json (1 problem, ids 7 to 7): curriculum.missing_id
+    (["prog.py", "--data", "p.json", "--id", 8], "(1 problem, ids 7 to 7)"),
     (["prog.py", "--data", "p.json", "--id", 7, "--timeout", "soon"], "--timeout"),
     (["prog.py", "--id", 7], "--data")])
 def test_cli_bad_input_is_one_line_exit_2(problem_file, args, needle):
