@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
 import stepcoder  # noqa: E402
 
 SETTINGS = {"StepCoder (CCCS + FGO)": [], "w/o CCCS": ["--no-cccs"], "w/o FGO": ["--no-fgo"],
@@ -36,7 +37,7 @@ SLUGS = {"-".join(f.strip("-") for f in flags) or "stepcoder": name for name, fl
 
 def tiny_flags(steps: int) -> list[str]:
     flags = []
-    for k, v in {**stepcoder.TINY_DEFAULTS, "steps": steps}.items():
+    for k, v in {**config.TINY_DEFAULTS, "steps": steps}.items():
         if k not in ("sft_steps", "sft_lr", "eval"):
             flags += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
     return flags
@@ -117,7 +118,7 @@ def host() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--steps", type=int, default=stepcoder.TINY_DEFAULTS["steps"])
+    ap.add_argument("--steps", type=int, default=config.TINY_DEFAULTS["steps"])
     ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one warm start")
     ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")

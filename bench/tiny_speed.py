@@ -91,9 +91,9 @@ def main():
             stepcoder.drop_shared_padding = left_only
         try:
             with torch.no_grad():
-                old = torch.cat([stepcoder.forward(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)[0] for mb in order])
+                old = torch.cat([stepcoder.logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)[0] for mb in order])
             for mb in order:
-                logprobs, _, values = stepcoder.forward(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)
+                logprobs, _, values = stepcoder.logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)
                 (logprobs.sum() + values.sum()).backward()
             return old * mask[torch.cat(order)]  # rows in minibatch order
         finally:

@@ -48,7 +48,7 @@ def test_rollout_reward_rises_over_a_short_run(tmp_path):
 @pytest.mark.slow
 def test_one_ppo_step_favours_passing_programs(tmp_path, monkeypatch):
     seen = {}
-    real_generate, real_score = stepcoder.generate, stepcoder.score
+    real_generate, real_score = stepcoder.generate, stepcoder.sandbox_results
 
     def generate(policy, tok, prompt_ids, prompt_mask, *args):
         resp, lengths = real_generate(policy, tok, prompt_ids, prompt_mask, *args)
@@ -64,7 +64,7 @@ def test_one_ppo_step_favours_passing_programs(tmp_path, monkeypatch):
         return results
 
     monkeypatch.setattr(stepcoder, "generate", generate)
-    monkeypatch.setattr(stepcoder, "score", score)
+    monkeypatch.setattr(stepcoder, "sandbox_results", score)
     args = tiny_args(tmp_path, "--steps", "1", "--sft-steps", "120", "--problems-per-step", "8", "--samples-per-problem", "8",
                      "--minibatch-size", "16", "--max-new-tokens", "40", "--temperature", "1.0", "--top-p", "1.0",
                      "--lr", "5e-4", "--kl-coef", "0", "--no-cccs", "--seed", "0")
@@ -77,9 +77,9 @@ def test_one_ppo_step_favours_passing_programs(tmp_path, monkeypatch):
     attn = torch.cat([seen["prompt_mask"], mask.long()], 1)
     policy.eval()
     with torch.no_grad():
-        after, _, _ = stepcoder.forward(policy, value_head, ids, attn, G, 1.0)
+        after, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids, attn, G, 1.0)
         with policy.disable_adapter():
-            before, _, _ = stepcoder.forward(policy, value_head, ids, attn, G, 1.0)
+            before, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids, attn, G, 1.0)
     delta = ((after - before) * mask).sum(1)                                         # (N,)
     passed = torch.tensor([r.status == "pass" for r in seen["results"]])
     assert 5 <= passed.sum() <= len(passed) - 5, "the fixed seed should give both outcomes"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import curriculum
+import models
 import stepcoder
 from conftest import BOS, DEEPSEEK_SYSTEM_LINE, EOT, ROOT, run_cli, write_problems
 
@@ -96,11 +97,12 @@ def test_the_standin_trains_two_steps_through_the_hub_path(deepseek_standin, sta
 
 def test_a_tokenizer_that_loses_whitespace_is_refused_with_one_line(tmp_path):
     # what early transformers 5.x made of DeepSeek-Coder's tokenizer: every space and line break gone
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe = Tokenizer(BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator([stepcoder.CODE_SAMPLE] * 3, trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>", "<eos>"]))
+    bpe.train_from_iterator([models.CODE_SAMPLE] * 3, trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>", "<eos>"]))
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>").save_pretrained(tmp_path / "model")
     data = write_problems(tmp_path / "p.json")
     proc = run_cli(["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "run"), "--no-eval"])
@@ -129,12 +131,12 @@ def test_a_long_prompt_loses_the_end_of_its_statement_never_the_prefix(tmp_path)
 
 def test_tiny_stays_full_precision_on_cuda_and_pretrained_models_go_4bit():
     tiny, hub = stepcoder.Config(model="tiny"), stepcoder.Config()
-    assert stepcoder.precision(tiny, "cuda", tiny=True) == (False, torch.float32)
-    assert stepcoder.precision(tiny, "cpu", tiny=True) == (False, torch.float32)
-    assert stepcoder.precision(stepcoder.replace(tiny, load_in_4bit=True), "cuda", tiny=True)[0]
-    assert stepcoder.precision(hub, "cuda", tiny=False) == (True, torch.bfloat16)
-    assert stepcoder.precision(stepcoder.replace(hub, no_4bit=True), "cuda", tiny=False) == (False, torch.bfloat16)
-    assert stepcoder.precision(hub, "cpu", tiny=False) == (False, torch.float32)
+    assert models.precision(tiny, "cuda", tiny=True) == (False, torch.float32)
+    assert models.precision(tiny, "cpu", tiny=True) == (False, torch.float32)
+    assert models.precision(stepcoder.replace(tiny, load_in_4bit=True), "cuda", tiny=True)[0]
+    assert models.precision(hub, "cuda", tiny=False) == (True, torch.bfloat16)
+    assert models.precision(stepcoder.replace(hub, no_4bit=True), "cuda", tiny=False) == (False, torch.bfloat16)
+    assert models.precision(hub, "cpu", tiny=False) == (False, torch.float32)
 
 
 def test_a_checkpoint_keeps_and_restores_the_cuda_rng(tmp_path, monkeypatch):
@@ -183,9 +185,9 @@ def test_4bit_lora_gradients_equal_those_of_the_dequantised_float32_model(tmp_pa
                     p.normal_(0, 0.05)
         policy.eval()  # as in the trainer: generation and old log-probs first, in eval mode
         with torch.no_grad():
-            stepcoder.forward(policy, value_head, enc["input_ids"], enc["attention_mask"], 20, 1.0)
+            stepcoder.logprobs_and_values(policy, value_head, enc["input_ids"], enc["attention_mask"], 20, 1.0)
         policy.train()
-        logprobs, _, values = stepcoder.forward(policy, value_head, enc["input_ids"], enc["attention_mask"], 20, 1.0)
+        logprobs, _, values = stepcoder.logprobs_and_values(policy, value_head, enc["input_ids"], enc["attention_mask"], 20, 1.0)
         (logprobs.sum() + values.sum()).backward()
         grads.append({n: p.grad for n, p in policy.named_parameters() if p.requires_grad})
     first_layer = [n for n in grads[0] if ".layers.0." in n and "lora_A" in n]
@@ -203,7 +205,7 @@ def test_log_probs_are_of_the_token_that_was_generated_at_each_position(tmp_path
     ids = tok([curriculum.build_prompt(problems[0]) + problems[0].canonical_solution], return_tensors="pt")["input_ids"]
     G = 12
     with torch.no_grad():
-        logprobs, _, _ = stepcoder.forward(policy, value_head, ids, torch.ones_like(ids), G, 0.7)
+        logprobs, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids, torch.ones_like(ids), G, 0.7)
         logits = policy(input_ids=ids).logits[0].float() / 0.7
     T = ids.shape[1]
     by_hand = [torch.log_softmax(logits[t - 1], -1)[ids[0, t]] for t in range(T - G, T)]
@@ -219,7 +221,7 @@ def test_reference_log_probs_have_the_adapter_off(tmp_path):
     logprobs, ref_logprobs, _, _ = stepcoder.logprobs_before_update(
         policy, value_head, enc["input_ids"], enc["attention_mask"], 16, minibatches, 1.0)
     with torch.no_grad(), policy.disable_adapter():
-        base = stepcoder.forward(policy, value_head, enc["input_ids"], enc["attention_mask"], 16, 1.0)[0]
+        base = stepcoder.logprobs_and_values(policy, value_head, enc["input_ids"], enc["attention_mask"], 16, 1.0)[0]
     assert torch.allclose(ref_logprobs, base, atol=1e-5)
     assert (logprobs - ref_logprobs).abs().max() > 1e-3  # the adapter moved the policy: they must differ
 
@@ -238,7 +240,7 @@ def test_the_first_minibatch_ratio_is_one_in_bf16(tmp_path):
     old, _, _, _ = stepcoder.logprobs_before_update(policy, value_head, ids, attn, 40, minibatches, 0.8)
     policy.train()
     for mb in minibatches:
-        new, _, _ = stepcoder.forward(policy, value_head, ids[mb], attn[mb], 40, 0.8)
+        new, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids[mb], attn[mb], 40, 0.8)
         assert torch.equal(new.detach(), old[mb])
 
 
@@ -247,10 +249,10 @@ def test_the_policy_loss_uses_fgos_mask_and_the_value_loss_every_token(tmp_path,
     # masked with b_mask (no FGO), while the value loss still sees every generated token.
     from dataclasses import replace
     from conftest import tiny_args
-    real_score = stepcoder.score
+    real_score = stepcoder.sandbox_results
     def varied_score(programs, problems, cfg):  # rewards that differ across rollouts: advantages that are not all 0
         return [replace(r, reward=(1.0 if i % 2 else -1.0)) for i, r in enumerate(real_score(programs, problems, cfg))]
-    monkeypatch.setattr(stepcoder, "score", varied_score)
+    monkeypatch.setattr(stepcoder, "sandbox_results", varied_score)
     monkeypatch.setattr(stepcoder, "rollout_fgo_mask", lambda ends, *rest: [0.0] * len(ends))
     run_dir, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "1", "--no-eval")))
     row = json.loads((run_dir / "metrics.jsonl").read_text())

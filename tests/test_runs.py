@@ -13,7 +13,9 @@ import time
 import pytest
 import torch
 
+import config
 import curriculum
+import models
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 
@@ -56,7 +58,7 @@ def test_an_interrupted_run_resumes_exactly_and_its_metrics_hold_each_step_once(
 
 
 def test_an_interrupted_warm_start_continues_from_its_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(stepcoder, "WARM_START_SAVE_EVERY", 4)
+    monkeypatch.setattr(models, "WARM_START_SAVE_EVERY", 4)
     problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
     cfg = stepcoder.Config(model="tiny", sft_steps=10, sft_lr=3e-3, max_prompt_tokens=256, max_new_tokens=64)
     def weights_after(interrupt_at: int | None):
@@ -135,9 +137,9 @@ def test_a_model_that_cannot_be_loaded_fails_fast_and_writes_nothing(tmp_path):
 def test_a_saved_tiny_base_is_tiny_and_starts_rl_at_once(tmp_path):
     run, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--no-eval")))
     cfg = stepcoder.parse_config(["--model", str(run / "base"), "--out", str(tmp_path / "look")])
-    expected = {**stepcoder.TINY_DEFAULTS, "sft_steps": 0}  # warm-started already: no SFT on top
+    expected = {**config.TINY_DEFAULTS, "sft_steps": 0}  # warm-started already: no SFT on top
     assert {k: getattr(cfg, k) for k in expected} == expected
-    assert stepcoder.precision(cfg, "cuda", stepcoder.is_tiny(cfg.model)) == (False, torch.float32)
+    assert models.precision(cfg, "cuda", stepcoder.is_tiny(cfg.model)) == (False, torch.float32)
     look = run_cli(["--model", str(run / "base"), "--data", str(write_problems(tmp_path / "p.json")), "--steps", "1",
                     "--no-eval", "--show-rollouts", "1", "--out", str(tmp_path / "look")])
     assert look.returncode == 0, look.stderr[-2000:]

@@ -98,10 +98,10 @@ def test_ratio_is_one_on_the_first_minibatch(tmp_path):
     ids, am = enc["input_ids"], enc["attention_mask"]
     policy.eval()
     with torch.no_grad():
-        old, _, _ = stepcoder.forward(policy, value_head, ids, am, 20, temperature=0.8)
+        old, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids, am, 20, temperature=0.8)
     policy.train()
     mb = torch.tensor([4, 1, 3])  # a shuffled minibatch, as in the update
-    new, _, _ = stepcoder.forward(policy, value_head, ids[mb], am[mb], 20, temperature=0.8)
+    new, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids[mb], am[mb], 20, temperature=0.8)
     ratio = (new - old[mb]).exp()
     assert new.requires_grad
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
@@ -122,18 +122,18 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
     assert stepcoder.drop_shared_padding(ids, am)[0].shape == enc["input_ids"].shape
     right = lambda x, v: torch.cat([x, torch.full((3, 5), v)], 1)  # and 5 shared columns on the right
     with torch.no_grad():  # dropped, not computed: outputs 0 there, the rest as computed with them
-        trimmed, full = stepcoder.forward(policy, value_head, right(ids, tok.pad_token_id), right(am, 0), 25, 0.8), \
-            stepcoder.forward(policy, value_head, right(ids, tok.pad_token_id), right(am, 1), 25, 0.8)
+        trimmed, full = stepcoder.logprobs_and_values(policy, value_head, right(ids, tok.pad_token_id), right(am, 0), 25, 0.8), \
+            stepcoder.logprobs_and_values(policy, value_head, right(ids, tok.pad_token_id), right(am, 1), 25, 0.8)
     for a, b in zip(trimmed, full):
         assert a.shape == (3, 25) and not a[:, 20:].any() and torch.allclose(a[:, :20], b[:, :20], atol=1e-5)
     assert len(set(am.sum(1).tolist())) > 1  # rows of different lengths: some keep padding of their own
     policy.eval()
     with torch.no_grad():
-        batch = stepcoder.forward(policy, value_head, ids, am, 20, 0.8)
+        batch = stepcoder.logprobs_and_values(policy, value_head, ids, am, 20, 0.8)
         resp, _ = stepcoder.generate(policy, tok, ids, am, 8, 0.0, 1.0, 3, "test")
         for row, text in enumerate(texts):
             alone = tok([text], return_tensors="pt")
-            for a, b in zip(stepcoder.forward(policy, value_head, alone["input_ids"], alone["attention_mask"], 20, 0.8), batch):
+            for a, b in zip(stepcoder.logprobs_and_values(policy, value_head, alone["input_ids"], alone["attention_mask"], 20, 0.8), batch):
                 assert torch.allclose(a[0], b[row], atol=1e-5)
             resp_alone, _ = stepcoder.generate(policy, tok, alone["input_ids"], alone["attention_mask"], 8, 0.0, 1.0, 1, "test")
             assert resp_alone[0].tolist() == resp[row, :resp_alone.shape[1]].tolist()
