@@ -1,0 +1,376 @@
+"""The graders of docs/ASSIGNMENTS.md: one check per function of the method.
+
+    check_<name>(fn)   asserts fn's behaviour against values computed by hand (in the comments).
+
+tests/test_assignments.py runs each check on the project's own function (what a student grades);
+tests/test_grading.py proves that each check fails for the usual wrong answers (the answer key).
+Pure functions only: no model, no weights, no sandbox process.
+"""
+import importlib
+import math
+
+import pytest
+import torch
+
+F64 = torch.float64
+
+
+def real(module: str, name: str):
+    """The project's function as it is in the working tree now (a student's edit included)."""
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def t(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=F64)
+
+
+def close(a, b, what: str, atol: float = 1e-6):
+    a, b = torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=atol), f"{what}: got {a.tolist()}, want {b.tolist()}"
+
+
+# =============================================================== 1. compute_gae (Eq. 2)
+
+def check_compute_gae(compute_gae):
+    # Row 0: three generated tokens. Row 1: two tokens, then a padded column whose value (9.0)
+    # and reward (5.0) must not reach the real tokens. gamma = 0.9, lam = 0.5 (gamma*lam = 0.45).
+    rewards = t([[0.0, 0.0, 1.0], [0.0, 1.0, 5.0]])
+    values = t([[0.5, 0.2, 0.4], [0.5, 0.2, 9.0]])
+    mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    inputs = [x.clone() for x in (rewards, values, mask)]
+    adv, ret = compute_gae(rewards, values, mask, 0.9, 0.5)
+    # row 0: d2 = 1 + .9*0 - .4 = .6           A2 = .6
+    #        d1 = 0 + .9*.4 - .2 = .16         A1 = .16 + .45*.6 = .43
+    #        d0 = 0 + .9*.2 - .5 = -.32        A0 = -.32 + .45*.43 = -.1265
+    # row 1: d1 = 1 + .9*0 - .2 = .8 (the episode ends: no V after the last token)   A1 = .8
+    #        d0 = 0 + .9*.2 - .5 = -.32        A0 = -.32 + .45*.8 = .04
+    real_tokens = mask.bool()
+    close(adv[0], [-0.1265, 0.43, 0.6], "advantages of a full row (gamma=0.9, lam=0.5)")
+    close(adv[1, :2], [0.04, 0.8], "advantages of a row with padding (the padded column must not leak in)")
+    close(ret[real_tokens], (adv + values)[real_tokens], "returns must be advantages + values")
+    close(ret[0], [0.3735, 0.63, 1.0], "returns of the full row")
+    for x, x0 in zip((rewards, values, mask), inputs):
+        assert torch.equal(x, x0), "compute_gae must not modify its inputs"
+
+    # lam = 0: the one-step TD error, A_t = r_t + gamma*V(s_{t+1}) - V(s_t).
+    adv, _ = compute_gae(t([[1.0, 2.0, 3.0]]), t([[0.1, 0.2, 0.3]]), t([[1.0, 1.0, 1.0]]), 0.5, 0.0)
+    close(adv, [[1.0 + 0.5 * 0.2 - 0.1, 2.0 + 0.5 * 0.3 - 0.2, 3.0 - 0.3]], "lam=0 must give the TD errors")
+    # gamma = lam = 1: the Monte-Carlo return minus the value, A_t = sum_{k>=t} r_k - V(s_t).
+    adv, _ = compute_gae(t([[1.0, 2.0, 3.0, 0.0]]), t([[0.1, 0.2, 0.3, 7.0]]), t([[1.0, 1.0, 1.0, 0.0]]), 1.0, 1.0)
+    close(adv[0, :3], [6.0 - 0.1, 5.0 - 0.2, 3.0 - 0.3], "gamma=lam=1 must give sum of future rewards - V")
+    # A one-token episode: A = r - V, whatever the padding holds.
+    adv, _ = compute_gae(t([[2.0, 4.0]]), t([[0.5, 3.0]]), t([[1.0, 0.0]]), 0.9, 0.5)
+    close(adv[0, 0], 1.5, "a one-token episode: A = r - V")
+
+
+# =============================================================== 2. policy_loss (Eq. 1)
+
+# old log-probs and the ratios pi/pi_old we want; new = old + log(ratio). clip = 0.2.
+PL_OLD = [[-1.0, -2.0, -0.5, -3.0, -1.0, -0.7]]
+PL_RATIO = [1.5, 0.5, 0.5, 1.5, 3.0, 1.1]
+PL_ADV = [[1.0, -1.0, 1.0, -2.0, 5.0, 1.0]]
+PL_MASK = [[1.0, 1.0, 1.0, 1.0, 0.0, 1.0]]   # token 4 was masked by FGO
+
+
+def check_policy_loss(policy_loss):
+    old = t(PL_OLD)
+    new = (old + torch.log(t([PL_RATIO]))).requires_grad_(True)
+    loss, ratio, approx_kl, clipfrac = policy_loss(new, old, t(PL_ADV), t(PL_MASK), 0.2)
+    # per-token loss max(-A*r, -A*clip(r, .8, 1.2)):
+    #   t0 r=1.5 A=+1: max(-1.5, -1.2) = -1.2   clipped: no gain beyond 1+eps
+    #   t1 r=0.5 A=-1: max( 0.5,  0.8) =  0.8   clipped
+    #   t2 r=0.5 A=+1: max(-0.5, -0.8) = -0.5   the pessimistic, unclipped term
+    #   t3 r=1.5 A=-2: max( 3.0,  2.4) =  3.0   unclipped
+    #   t4 masked by FGO (r=3, A=5 would give -6)
+    #   t5 r=1.1 A=+1: -1.1, inside the clip range
+    # mean over the 5 kept tokens: (-1.2 + 0.8 - 0.5 + 3.0 - 1.1) / 5 = 0.2
+    assert torch.is_tensor(loss) and loss.dim() == 0, "the loss must be a scalar tensor"
+    close(loss, 0.2, "clipped surrogate averaged over the FGO-kept tokens")
+    close(ratio, [PL_RATIO], "ratio = exp(new - old) on every token")
+    close(clipfrac, 4 / 5, "clipfrac: kept tokens with |ratio - 1| > clip (t0..t3 of 5)")
+    k3 = [(r - 1) - math.log(r) for i, r in enumerate(PL_RATIO) if PL_MASK[0][i]]
+    close(approx_kl, sum(k3) / len(k3), "approx_kl: mean of (ratio - 1) - log ratio over kept tokens")
+    # Gradient: zero where the clipped term is active (t0, t1) and on masked tokens (t4);
+    # elsewhere d(-A*r/5)/d(log pi) = -A*r/5.
+    loss.backward()
+    close(new.grad, [[0.0, 0.0, -0.5 / 5, 3.0 / 5, 0.0, -1.1 / 5]], "gradient w.r.t. the new log-probs")
+    # First minibatch of an update: ratio 1, loss = -(mean advantage over kept tokens).
+    same = t([[-0.3, -0.2, -0.1]])
+    loss, ratio, approx_kl, clipfrac = policy_loss(same, same, t([[2.0, -1.0, 9.0]]), t([[1.0, 1.0, 0.0]]), 0.2)
+    close(loss, -0.5, "ratio 1: loss is minus the mean advantage over kept tokens")
+    close(approx_kl, 0.0, "ratio 1: approx_kl is 0")
+    close(clipfrac, 0.0, "ratio 1: nothing is clipped")
+
+
+# =============================================================== 3. value_loss
+
+def check_value_loss(value_loss):
+    values = t([[1.0, 0.5, -1.0, 5.0]]).requires_grad_(True)
+    old = t([[0.0, 0.4, 0.0, 0.0]])
+    returns = t([[2.0, 0.0, -0.1, 0.0]])
+    mask = t([[1.0, 1.0, 1.0, 0.0]])     # token 3 is padding
+    loss = value_loss(values, old, returns, mask, 0.2)
+    # clipped value v_c = old + clip(v - old, -.2, .2); per token max((v-R)^2, (v_c-R)^2):
+    #   t0 v=1,   v_c=.2:  max(1, 3.24)   = 3.24   the clipped term is larger
+    #   t1 v=.5,  v_c=.5:  .25 (inside the clip range)
+    #   t2 v=-1,  v_c=-.2: max(.81, .01)  = .81    the unclipped term is larger
+    #   t3 padding (would add 25)
+    # 0.5 * mean over the 3 generated tokens = 0.5 * 4.3 / 3
+    assert torch.is_tensor(loss) and loss.dim() == 0, "the loss must be a scalar tensor"
+    close(loss, 0.5 * 4.3 / 3, "0.5 * clipped value loss averaged over generated tokens")
+    # Gradient: 0 on t0 (clipped branch, saturated clamp) and on padding; (v - R) / 3 elsewhere.
+    loss.backward()
+    close(values.grad, [[0.0, 0.5 / 3, -0.9 / 3, 0.0]], "gradient w.r.t. the new values")
+    # Within the clip range the loss is the plain 0.5 * MSE.
+    loss = value_loss(t([[0.1, -0.1]]), t([[0.0, 0.0]]), t([[1.1, 0.9]]), t([[1.0, 1.0]]), 0.2)
+    close(loss, 0.5, "inside the clip range: 0.5 * mean squared error")
+
+
+# =============================================================== 4. fgo_mask (Sec. 3.3)
+
+def ends_of(pieces):
+    return [sum(len(p) for p in pieces[:i + 1]) for i in range(len(pieces))]
+
+
+def check_fgo_mask(fgo_mask):
+    def mask(*args):
+        return [float(x) for x in fgo_mask(*args)]
+
+    # The canonical prefix holds lines 1-2 (it is prompt, not tokens); the generated text starts
+    # on line 3. The tests ran lines 1, 2, 3, 4, 6 and 9; line 5 never ran, 7 is a comment, 8 blank.
+    pieces = ["for i in range(n):",      # 0 line 3                       ran  -> 1
+              "\n    ",                  # 1 end of line 3 + indent of 4  ran  -> 1
+              "if i < 0:",               # 2 line 4                       ran  -> 1
+              "\n",                      # 3 the newline ENDS line 4      ran  -> 1
+              "        total -= i",      # 4 line 5                       never -> 0
+              "\n    total",             # 5 end of line 5 + line 6: one executed character is enough -> 1
+              " += i\n",                 # 6 line 6                       ran  -> 1
+              "# done\n",                # 7 line 7, a comment            -> 0
+              "\n",                      # 8 line 8, blank                -> 0
+              "print(total)\n",          # 9 line 9                       ran  -> 1
+              ""]                        # 10 EOS: decodes to nothing, always kept -> 1
+    text = "".join(pieces)
+    got = mask(ends_of(pieces), text, 3, frozenset({1, 2, 3, 4, 6, 9}), 10)
+    want = [1, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1]
+    assert len(got) == len(pieces), f"one mask entry per generated token (no prompt tokens): {len(got)} != {len(pieces)}"
+    assert got == want, f"coverage mask: got {got}, want {want}"
+
+    # Line numbers count from first_line: here the text starts on line 1 and only line 2 never ran.
+    pieces = ["a = 1", "\n", "if a > 5:", "\n    b", " = 2", "\n", "print(a)\n"]
+    got = mask(ends_of(pieces), "".join(pieces), 1, frozenset({1, 2, 4}), None)
+    assert got == [1, 1, 1, 1, 0, 0, 1], f"token spanning lines / newline of a dead line: got {got}"
+    # Same program after a 2-line prefix: the executed lines shift by 2.
+    got = mask(ends_of(pieces), "".join(pieces), 3, frozenset({1, 2, 3, 4, 6}), None)
+    assert got == [1, 1, 1, 1, 0, 0, 1], f"first_line=3 (after a 2-line canonical prefix): got {got}"
+
+    # Characters past the end of the program text (cut off after a closing ``` fence) are no line.
+    got = mask([9, 12, 12], "print(1)\n", 1, frozenset({1}), 2)
+    assert got == [1, 0, 1], f"tokens cut off the program are masked, EOS kept: got {got}"
+    # Without an EOS token (the length limit was hit) nothing is kept for free.
+    got = mask([5, 6, 12], "x = 1\nx += 1\n", 1, frozenset({1}), None)
+    assert got == [1, 1, 0], f"no EOS: got {got}"
+
+    # A program that does not compile has no coverage (None): every token keeps its gradient.
+    pieces = ["while x", " > 0\n", "    x -= 1\n", ""]
+    got = mask(ends_of(pieces), "".join(pieces), 4, None, 3)
+    assert got == [1, 1, 1, 1], f"compile error (executed_lines=None) keeps every token: got {got}"
+
+
+# =============================================================== 5. kl_penalized_rewards (Eq. 4)
+
+def check_kl_penalized_rewards(kl_penalized_rewards):
+    logprobs = t([[-1.0, -2.0, -0.5], [-0.3, -0.2, -4.0]])
+    ref = t([[-1.5, -2.0, -1.0], [-0.1, -0.7, -0.2]])
+    mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])      # row 1: two tokens, then padding
+    scores = t([-0.3, 1.0])                             # wrong answer; pass
+    inputs = [x.clone() for x in (logprobs, ref, mask, scores)]
+    rewards, kl = kl_penalized_rewards(logprobs, ref, scores, mask, 0.1)
+    # kl = (log pi - log pi_ref) * mask:   row 0 [.5, 0, .5]   row 1 [-.2, .5, 0]
+    # r_t = -0.1 * kl_t, + the score on the LAST GENERATED token (row 1: column 1, not 2):
+    #   row 0 [-.05, 0, -.05 - .3]   row 1 [.02, -.05 + 1, 0]
+    close(kl, [[0.5, 0.0, 0.5], [-0.2, 0.5, 0.0]], "kl = (logprobs - ref_logprobs) on generated tokens")
+    close(rewards, [[-0.05, 0.0, -0.35], [0.02, 0.95, 0.0]], "rewards = -beta*kl, score on the last token")
+    for x, x0 in zip((logprobs, ref, mask, scores), inputs):
+        assert torch.equal(x, x0), "kl_penalized_rewards must not modify its inputs"
+
+
+# =============================================================== 6. split_points, stage_prefixes (Sec. 3.2)
+
+SPLIT_CODE = '''\
+import sys
+NOTE = """
+if this were code it would be a split point
+"""
+
+
+def f(xs):
+    ys = [x for x in xs if x > 0]
+    z = 1 if ys else 0
+    for x in ys:
+        if x > 2:
+            z += x
+        elif x == 1:
+            z -= 1
+        else:
+            z = 0
+    while z > 100:
+        z //= 2
+    with open("f") as fh:
+        pass
+    try:
+        pass
+    except ValueError:
+        pass
+    return z
+
+
+async def g(it):
+    async for v in it:
+        if (v and
+                v > 1):
+            return v
+
+
+n = int(input())
+print(f([n]) if n else 0)
+while True:
+    break
+'''
+# for 10, if 11, elif 13, while 17, async for 29, if 30 (its first line), while 37. Not: the
+# string (3), the comprehension's for/if (8), the ternaries (9, 36), else (15), with, try, def.
+SPLIT_WANT = [10, 11, 13, 17, 29, 30, 37]
+
+
+def check_split_points(split_points):
+    got = list(split_points(SPLIT_CODE))
+    assert got == SPLIT_WANT, f"split points: got {got}, want {SPLIT_WANT} (1-based, in source order)"
+    assert list(split_points("x = 1\nprint(x)\n")) == [], "no conditional statement: no split point"
+    assert list(split_points("for i in range(3):\n    pass\n")) == [1], "a conditional statement on line 1"
+
+
+# E = 5: K = ceil(sqrt 5) = 3 completion stages, stride S = ceil(5/3) = 2.
+STAGE5 = """\
+n = int(input())
+a = []
+for i in range(n):
+    a.append(i)
+if n > 3:
+    a.pop()
+total = 0
+while a:
+    total += a.pop()
+if total > 10:
+    total = 10
+elif total < 0:
+    total = 0
+print(total)
+"""
+# conditional statements 0..4 on lines 3, 5, 8, 10, 12.
+# stage 3: up to statement S*(3-1) = 4 (line 12) -> lines 1-11; stage 2: statement 2 (line 8) -> 1-7;
+# stage 1: statement 0 (line 3) -> lines 1-2; stage 0: nothing.
+
+
+def chain(e: int) -> str:
+    """`x = 0`, then e two-line ifs: conditional statement k (0-based) is on line 2 + 2k."""
+    return "x = 0\n" + "".join(f"if x == {k}:\n    x += 1\n" for k in range(e)) + "print(x)\n"
+
+
+def first_lines(code: str, n: int) -> str:
+    return "".join(code.splitlines(keepends=True)[:n])
+
+
+def check_stage_prefixes(stage_prefixes):
+    def expect(code, line_counts, what):
+        got, want = list(stage_prefixes(code)), [first_lines(code, n) for n in line_counts]
+        assert got == want, (f"{what}: want the first {line_counts} lines for stages K..0, got "
+                             f"{[g.count(chr(10)) for g in got]} lines")
+
+    expect(STAGE5, [11, 7, 2, 0], "E=5 (K=3, S=2)")
+    expect("x = 1\nprint(x)\n", [0], "E=0: one stage, plain generation")
+    expect("x = 1\ny = 2\nif x:\n    y = 3\nprint(y)\n", [2, 0], "E=1 (K=1, S=1)")
+    expect(chain(2), [3, 1, 0], "E=2 (K=2, S=1): statements 1, 0 on lines 4, 2")
+    expect(chain(3), [5, 1, 0], "E=3 (K=2, S=2): statements 2, 0 on lines 6, 2")
+    expect(chain(10), [19, 13, 7, 1, 0], "E=10 (K=4, S=3): statements 9, 6, 3, 0 on lines 20, 14, 8, 2")
+
+
+# =============================================================== 7. Curriculum.update (Algorithm 1)
+
+def make_curriculum(alpha: float, rho_t: float):
+    """Problem "p": E=4, so K=2 and it starts at stage 2; problem "q" is a bystander."""
+    curriculum = importlib.import_module("curriculum")
+    code = chain(4)
+    problems = [curriculum.Problem(pid, "q", code, None, ["1\n"], ["1\n"], "", "introductory") for pid in "pq"]
+    return curriculum.Curriculum(problems, alpha=alpha, rho_t=rho_t)
+
+
+def check_curriculum_update(update):
+    cur = make_curriculum(alpha=0.5, rho_t=0.6)
+    assert cur.stage("p") == 2 and cur.rho["p"] == 0.0
+
+    def step(passed, want_moved, want_stage, want_rho, stage=None):
+        moved = update(cur, "p", passed, stage=stage)
+        state = (cur.stage("p"), cur.rho["p"])
+        assert moved is want_moved and state[0] == want_stage and state[1] == pytest.approx(want_rho), (
+            f"update(passed={passed}, stage={stage}): got moved={moved}, (stage, rho)={state}; "
+            f"want moved={want_moved}, ({want_stage}, {want_rho})")
+
+    step(True, False, 2, 0.5)            # rho = .5*1 + .5*0 = .5, not above .6
+    step(True, True, 1, 0.0)             # rho = .75 > .6: ONE stage toward 0 (easier -> harder), rho reset
+    step(True, False, 1, 0.5)            # from the reset: .5 (without the reset: .875, it would move again)
+    step(False, False, 1, 0.25)          # a failure decays rho: .5 * .5
+    step(True, False, 1, 0.25, stage=2)  # a rollout generated at stage 2 is stale now: ignored
+    step(True, True, 0, 0.0)             # .5 + .125 = .625 > .6: stage 0, plain generation
+    for _ in range(3):
+        step(True, False, 0, 0.0)        # stage 0 is the end: no stage -1
+    assert (cur.stage("q"), cur.rho["q"]) == (2, 0.0), "updating one problem changed another"
+
+    cur = make_curriculum(alpha=0.5, rho_t=0.5)
+    assert update(cur, "p", True) is False and cur.stage("p") == 2, "rho = rho_t is not above rho_t: no move"
+    cur = make_curriculum(alpha=0.25, rho_t=0.6)   # alpha weighs the NEW result
+    update(cur, "p", True)
+    update(cur, "p", False)
+    assert cur.rho["p"] == pytest.approx(0.25 * 0.75), f"rho = alpha*[pass] + (1-alpha)*rho: got {cur.rho['p']}"
+
+
+# =============================================================== 8. outputs_match (reward, Eq. 3)
+
+MATCH_CASES = [  # (program's stdout, expected output, pass?)
+    ("3\n", "3", True),                     # whitespace only separates tokens
+    ("1 2\n3\n", "1 2 3", True),
+    ("  7  \n\n", "7\n", True),
+    ("", "", True),
+    ("YES\n", "YES\n", True),
+    ("2", "2.0", True),                     # numbers: equal within 1e-6 ...
+    ("0.3333333", "0.333333333", True),     # ... absolute
+    ("-0.5000000001", "-0.5", True),
+    ("1e-9", "0", True),
+    ("1000000", "1000001", False),          # two integers: exactly (1e-6 relative would pass them)
+    ("007", "7", True),                     # ... as numbers
+    ("0.5", "0.50001", False),              # 1e-5 apart: too far
+    ("yes\n", "YES\n", False),              # no lower-casing
+    ("Yes", "YES", False),
+    ("3 2 1", "1 2 3", False),              # order matters (no sorting) ...
+    ("1 1 2", "1 2 2", False),              # ... and multiplicity (no set)
+    ("1 2", "1 2 3", False),                # a missing token
+    ("1 2 3", "1 2", False),                # an extra token
+    ("", "0", False),
+    ("12", "1 2", False),
+    ("1,2", "1 2", False),
+    ("abc", "abd", False),
+    ("1_000", "1000", False),               # float() accepts these, but they are not numbers
+    ("infinity", "inf", False),
+]
+
+
+def check_outputs_match(outputs_match):
+    wrong = [(got, want) for got, want, ok in MATCH_CASES if bool(outputs_match(got, want)) is not ok]
+    assert not wrong, f"outputs_match is wrong on (stdout, expected): {wrong}"
+
+
+CHECKS = {"compute_gae": check_compute_gae, "policy_loss": check_policy_loss, "value_loss": check_value_loss,
+          "fgo_mask": check_fgo_mask, "kl_penalized_rewards": check_kl_penalized_rewards,
+          "split_points": check_split_points, "stage_prefixes": check_stage_prefixes,
+          "curriculum_update": check_curriculum_update, "outputs_match": check_outputs_match}
