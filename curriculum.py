@@ -1,8 +1,8 @@
-"""Problems, prompts and the CCCS curriculum of StepCoder (Dou et al., 2024, §3.2, Algorithm 1).
+"""The CCCS curriculum of StepCoder (Dou et al., 2024, §3.2, Algorithm 1), and the prompts.
 
     python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
     python curriculum.py --id 1013                # one solution, its split points, every stage's prompt
-    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file
+    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file (read by problems.py)
 
 CCCS (curriculum of code completion subtasks) turns a long program into easier completion
 tasks: the prompt carries the first lines of the canonical solution, the policy writes the rest.
@@ -11,161 +11,38 @@ With E of them, K = ceil(sqrt(E)), S = ceil(E / K): stage c >= 1 gives the lines
 statement S*(c-1) (0-based), stage 0 nothing. A problem starts at stage K and moves one stage
 toward 0 when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
 
-Departures from the paper and why:
+Departures from the paper and why (the loader's: problems.py):
 1. Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is meant; we take
    SPEC §3's reading: K completion stages, then plain generation (stage 0), as the text says.
 2. The paper gives neither alpha nor rho_t: ours are 0.3 and 0.6 (why: at ALPHA).
 3. When the caller passes `stage=`, a result from a stage the problem has already
    left is ignored: 16 samples of one step must not push it through several stages.
-4. APPS layout: the canonical solution is the first of `solutions` that parses as Python 3
-   (APPS keeps some Python 2); list-valued stdin tests are joined by newlines, as in CodeRL.
-5. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
+4. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
    chat models get it inside their template, then "```python\\n" opens the answer.
-6. A program whose first conditional is on line 1 (`for _ in range(int(input())):`, or below
+5. A program whose first conditional is on line 1 (`for _ in range(int(input())):`, or below
    only blank and comment lines) would get a stage 1 with no code in its prefix, plain
    generation twice over: that stage is dropped, leaving K - 1 completion stages.
 """
 import argparse
 import ast
 import io
-import json
 import math
-import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from problems import DIFFICULTIES, DataError, Problem, load_problems, missing_id  # noqa: F401 (re-exported)
 
 # From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the problem;
 # one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha = 3 rollouts, so
 # the small model moves after a handful of successes. Simulated, a problem passing 90/50/25/10% of
 # the time moves within 16 samples with probability 1.0/0.89/0.29/0.02 (within 4: .87/.25/.04/.00).
 ALPHA, RHO_T = 0.3, 0.6
-DIFFICULTIES = ("introductory", "interview", "competition")
-
-
-class DataError(ValueError):
-    """A bad problem file or record: the message names the file, the record index and the field."""
-
-
-@dataclass
-class Problem:
-    problem_id: int | str
-    question: str
-    canonical_solution: str
-    fn_name: str | None  # None: a stdin program
-    inputs: list
-    outputs: list
-    starter_code: str
-    difficulty: str
-
-    @property
-    def tests(self) -> dict:
-        """The dict sandbox.run_tests takes."""
-        return {"inputs": self.inputs, "outputs": self.outputs, "fn_name": self.fn_name}
-
-
-def _parses(code: str) -> bool:
-    try:
-        return ast.parse(code) is not None
-    except (SyntaxError, ValueError):
-        return False
 
 
 def _lines(code: str) -> list[str]:  # lines as ast numbers them (not str.splitlines: \f, \u2028 ...)
     return io.StringIO(code, newline="").readlines()
-
-
-def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; CodeRL joins them
-    return "\n".join(x) if isinstance(x, list) and all(isinstance(s, str) for s in x) else x
-
-
-def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
-    """One record (APPS+ or APPS layout) -> Problem; None if it has no canonical solution and skip_missing."""
-    def check(ok: Any, field: str, what: str) -> None:
-        if not ok:
-            raise DataError(f"{where}: field '{field}': {what}")
-
-    def json_field(name: str) -> Any:  # original APPS keeps input_output and solutions as JSON strings
-        try:
-            return json.loads(rec[name]) if isinstance(rec.get(name), str) and rec[name] else rec.get(name)
-        except json.JSONDecodeError as e:
-            check(False, name, f"not a valid JSON string ({e.msg})")
-
-    if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    pid = rec.get("problem_id")
-    check(isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid != "", "problem_id",
-          f"must be an int or a non-empty string, got {pid!r}")
-    key = next((k for k in ("question", "prompt", "description") if k in rec), "question")
-    question = rec.get(key)
-    check(isinstance(question, str) and question.strip(), key, "missing or empty")
-    if "inputs" not in rec and ("input_output" in rec or "solutions" in rec):  # original APPS
-        tio, sols = json_field("input_output"), json_field("solutions")
-        check(isinstance(tio, dict), "input_output", "missing, or not a JSON object with inputs and outputs")
-        check(isinstance(sols or [], list), "solutions", "must be a JSON list of programs")
-        solution = next((s for s in sols or [] if isinstance(s, str) and s.strip() and _parses(s)), None)
-        fn_name, inputs, outputs = tio.get("fn_name"), tio.get("inputs"), tio.get("outputs")
-        if fn_name is None and isinstance(inputs, list) and isinstance(outputs, list):  # lists of lines
-            inputs, outputs = ([_joined(x) for x in xs] for xs in (inputs, outputs))
-    else:
-        solution, fn_name = rec.get("canonical_solution"), rec.get("fn_name")
-        inputs, outputs = rec.get("inputs"), rec.get("outputs")
-    if solution is None or isinstance(solution, str) and not solution.strip():
-        check(skip_missing, "canonical_solution", "missing or empty (skip_missing_solutions=True skips it)")
-        return None
-    check(isinstance(solution, str) and _parses(solution), "canonical_solution",
-          "must be a string of valid Python 3 (ast.parse fails)")
-    check(fn_name is None or isinstance(fn_name, str) and fn_name.strip(), "fn_name",
-          f"must be null (stdin) or a function name, got {fn_name!r}")
-    for name, xs in (("inputs", inputs), ("outputs", outputs)):
-        check(isinstance(xs, list) and xs, name, "must be a non-empty list of tests")
-    check(len(inputs) == len(outputs), "outputs", f"{len(outputs)} outputs for {len(inputs)} inputs")
-    for t, (i, o) in enumerate(zip(inputs, outputs)):
-        if fn_name is None:
-            check(isinstance(i, str), "inputs", f"test {t}: a stdin test must be a string")
-            check(isinstance(o, str), "outputs", f"test {t}: a stdin test must be a string")
-        else:
-            check(isinstance(i, list), "inputs", f"test {t}: a call-based input must be the list of arguments")
-    starter = rec.get("starter_code") or ""
-    check(isinstance(starter, str), "starter_code", "must be a string")
-    difficulty = rec.get("difficulty")
-    check(difficulty in DIFFICULTIES, "difficulty",
-          f"must be one of {'/'.join(DIFFICULTIES)}, got {difficulty!r}")
-    return Problem(pid, question, solution, fn_name, inputs, outputs, starter, difficulty)
-
-
-def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
-    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see SPEC §1."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the file: {getattr(e, 'strerror', None) or e}") from None
-    is_list = text.lstrip().startswith("[")
-    records = []  # a JSON list is one chunk from line 1; JSON Lines, one chunk per line
-    for n, chunk in [(1, text)] if is_list else enumerate(text.splitlines(), 1):
-        try:
-            records += [json.loads(chunk)] if chunk.strip() else []
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n + e.lineno - 1}: not valid JSON ({e.msg}); "
-                            "want a JSON list or JSON Lines") from None
-    records = records[0] if is_list else records  # text that opens with "[" parses to a list
-    if not records:
-        raise DataError(f"{path}: expected a non-empty JSON list (or JSON Lines) of problem records")
-    problems, seen = [], {}
-    for i, rec in enumerate(records):
-        p = _record(rec, where := f"{path}: record {i}", skip_missing_solutions)
-        if p is None:
-            continue
-        if p.problem_id in seen:
-            raise DataError(f"{where}: field 'problem_id': {p.problem_id!r} repeats record {seen[p.problem_id]}")
-        seen[p.problem_id] = i
-        problems.append(p)
-    if skipped := len(records) - len(problems):
-        print(f"{path}: skipped {skipped} of {len(records)} records without a canonical solution", file=sys.stderr)
-    return problems
 
 
 def split_points(code: str) -> list[int]:
@@ -183,7 +60,7 @@ def stage_prefixes(code: str) -> list[str]:
     S = math.ceil(len(points) / K)  # stage c holds the lines above point S*(c-1); they end with "\n"
     prefixes = ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)]
     has_code = lambda pre: any(line.strip() and not line.lstrip().startswith("#") for line in _lines(pre))
-    return [pre for pre in prefixes if has_code(pre)] + [""]  # departure 6: no completion stage without code
+    return [pre for pre in prefixes if has_code(pre)] + [""]  # departure 5: no completion stage without code
 
 
 class Curriculum:
@@ -272,30 +149,6 @@ def stats(problems: list[Problem]) -> str:
     for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
         out.append(f"  E={e:3d}  K+1={math.ceil(math.sqrt(e)) + 1:2d}  {n:4d} {'#' * n}")
     return "\n".join(out)
-
-
-def missing_id(wanted: str, path: str | Path, problems: list[Problem]) -> str:
-    """One line: `wanted` is not in the file at `path`, which ids it has, and which bundled file has it."""
-    ids = [p.problem_id for p in problems]
-    count = f"{len(ids)} problem" + "s" * (len(ids) != 1)
-    if all(isinstance(i, int) for i in ids):
-        have = f"{count}, ids {min(ids)} to {max(ids)}"
-    else:
-        have = f"{count}, ids {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
-    message = f"no problem with id {wanted!r} in {path} ({have})"
-    for other in sorted((Path(__file__).parent / "data").glob("*.json*")):
-        if other.resolve() == Path(path).resolve():
-            continue
-        try:
-            found = any(str(p.problem_id) == wanted for p in load_problems(other))
-        except DataError:
-            continue
-        if found:
-            shown = os.path.relpath(other)
-            if shown.startswith(".."):  # not below the current directory
-                shown = str(other)
-            return f"{message}; it is in {shown}: --data {shown}"
-    return message
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Run generated programs against APPS-style unit tests: verdict, reward and line coverage.
+"""The reward judge: run a program on APPS-style unit tests -> verdict, reward and executed lines.
 
     python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]  # exit 0: pass
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
@@ -6,70 +6,21 @@
 Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
 SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile error, the worst
 over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`,
-to be used only when `coverage_complete` (departure 2).
-How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
-contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
-a kill. Outputs are compared in the caller: workers never see expected outputs. Workers ignore SIGINT (a
-terminal's Ctrl-C is the caller's to handle): closing the pool, at exit or when run_batch is interrupted,
-kills each worker's current test, and the workers exit and are waited for.
+to be used only when `coverage_complete`. Outputs are compared here; programs run in containment.py.
 
 Departures from the paper / the APPS harness, and why:
 1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
    `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
-2. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
-   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran (in any test) and gives up after b s. Killed at `timeout + b`: a timeout anyway. Done
-   after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
-   for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
-   for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
-   `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
-   not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
-   another path when re-run, say random, can still leave a line of its first run unmarked.)
-3. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
+2. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
    set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
    would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
-4. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
-   `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
-5. Per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
-6. Workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
-7. At exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
-   then free the module's globals, which flushes forgotten files.
-
-Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
-- Each test: a new session, fresh cwd, ENV environment, stdio on real files; at its end all it started is
-  SIGKILLed and reaped (the worker is a child subreaper), whatever it does with signals. Per process:
-  1 GiB address space, CPU seconds, 16 MiB per file, no core files.
-- As root: uid = gid = 61000 + worker pid % 4500, no groups, 16 processes + threads; it cannot signal or
-  ptrace your processes; it keeps CAP_DAC_READ_SEARCH only when Landlock confines reads (pyenv may sit
-  under /root, mode 700). Not root: it runs as you, with no process limit (RLIMIT_NPROC would count all
-  your processes): a fork bomb lives until the deadline.
-- Landlock ABI >= 1: writes only beneath the worker's temp dir, to its stdio (memfds) and /dev/null; reads
-  only there, the Python installation and sys.path, /usr, /lib*, /bin, /dev, /proc, a few /etc files: not
-  your repo or data. ABI >= 4: no TCP connect or bind. ABI >= 6: no signals to, or abstract unix sockets
-  of, processes outside (else, not root, it may signal yours). Missing levels: warned once.
-- NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup; stdio in
-  RAM, 16 MiB a file); disk space in the temp dir; the kernel (no seccomp); CPU shared with other tests. A
-  program can forge its coverage and call-based return value, but cannot see expected outputs. A reward
-  harness, not a jail for hostile code.
 """
-import argparse, atexit, contextlib, ctypes, decimal, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource
-import select, shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
+import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
+from containment import EXCERPT, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
 
-FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
-MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
-SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
-EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
 SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
-ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-       "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-PRELOAD = ("bisect", "collections", "copy", "datetime", "decimal", "fractions", "functools", "heapq",
-           "itertools", "math", "operator", "random", "re", "statistics", "string", "typing")
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.syscall.argtypes = _LIBC.prctl.argtypes = [ctypes.c_long] * 5  # declared: cheaper calls in each child
-_LIBC.syscall.restype = ctypes.c_long
 
 @dataclass
 class TestResult:
@@ -89,15 +40,15 @@ class ExecResult:
     executed_lines: frozenset = frozenset()  # 1-based lines of `code` run by any test that ran
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
-    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False:
-    # some may have run unmarked (departure 2; coverage off; the sandbox failed): FGO must keep every token.
+    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False: some
+    # may have run unmarked (containment.py's departure 1; coverage off; the sandbox failed): FGO keeps every token.
     coverage_complete: bool = False
 
 # ---------------------------------------------------------------- comparison (SPEC §2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
 
 def outputs_match(got: str, want: str) -> bool:
-    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 3)."""
+    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 2)."""
     a, b = got.split(), want.split()
     return a == b or len(a) == len(b) and all(x == y or _same_number(x, y) for x, y in zip(a, b))
 
@@ -132,40 +83,9 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     for i, (_, tests) in enumerate(jobs):
         _check(tests, f"jobs[{i}]")
-    results, todo, busy, bar = [None] * len(jobs), iter(range(len(jobs))), {}, None
-    if progress:
-        with contextlib.suppress(ImportError):  # tqdm is optional here: no bar without it
-            from tqdm import tqdm
-            bar = tqdm(total=len(jobs), desc="sandbox", unit="prog")
-
-    def feed(w):  # the next job to worker w (8-byte length, pickle): inputs only, never expected outputs
-        if (i := next(todo, None)) is not None:
-            data = pickle.dumps((jobs[i][0], jobs[i][1]["inputs"], jobs[i][1].get("fn_name"), timeout, coverage))
-            w.stdin.write(struct.pack("<Q", len(data)) + data)
-            w.stdin.flush()
-            busy[w.stdout] = w, i, _POOL.workers.index(w)  # its slot: a dead worker is replaced there
-    with _POOL.lock:
-        try:
-            n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-            for w in _POOL.start(n):
-                feed(w)
-            while busy:
-                for out in select.select(list(busy), [], [])[0]:
-                    (w, i, k), head = busy.pop(out), out.read(8)
-                    if len(head) == 8:
-                        raw = pickle.loads(out.read(struct.unpack("<Q", head)[0]))
-                    else:  # the worker died (it should not): say so, replace it
-                        raw = {"error": f"sandbox worker died (status {w.wait()})"}
-                        w = _POOL.start(n)[k]  # also replaces other dead ones; their EOF feeds their new one
-                    results[i] = _judge(raw, jobs[i][1])
-                    bar is not None and bar.update(1)
-                    feed(w)
-        except BaseException:
-            _POOL.close()  # workers may be mid-job: start afresh next time
-            raise
-        finally:
-            bar is not None and bar.close()
-    return results
+    programs = [(code, tests["inputs"], tests.get("fn_name")) for code, tests in jobs]  # no expected outputs
+    raws = run_programs(programs, timeout, workers, progress, coverage)
+    return [_judge(raw, tests) for raw, (_, tests) in zip(raws, jobs)]
 
 def _check(tests, where):
     """Reject malformed tests before anything runs, naming what is wrong."""
@@ -198,329 +118,6 @@ def _judge(raw, tests) -> ExecResult:
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
                       coverage_complete=raw["complete"])
 
-class _Pool:
-    """This process's one pool of warm workers: module state, made on first use, closed at exit."""
-    lock, workers, owner = threading.Lock(), [], None
-
-    def start(self, n):
-        """The first n workers, dead ones replaced: `python -c` processes that import only this module."""
-        if self.owner != os.getpid():  # first use, or a fork of the process that made the pool
-            self.workers, self.owner = [], os.getpid()
-            atexit.register(self.close)
-            if (abi := landlock_abi()) < 6:  # say once what the docstring's isolation lacks here
-                missing = [what for level, what in ((1, "files"), (4, "TCP"), (6, "signals")) if abi < level]
-                warnings.warn(f"sandbox: Landlock ABI {abi} here, not confined: {', '.join(missing)}")
-        self.workers += [None] * (n - len(self.workers))
-        for i, w in enumerate(self.workers[:n]):
-            if w is None or w.poll() is not None:
-                boot = (f"import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is for the caller
-                        f"import sys; sys.path.insert(0, {_HERE!r}); import sandbox; sandbox._serve({i})")
-                self.workers[i] = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
-                                                   stdout=subprocess.PIPE, env=ENV)
-        return self.workers[:n]
-
-    def close(self):
-        """EOF to each worker: it kills its current test's processes and exits; waited for, 2 s at most."""
-        mine = [w for w in self.workers if w is not None] if self.owner == os.getpid() else []
-        for w in mine:
-            for pipe in (w.stdin, w.stdout):
-                with contextlib.suppress(OSError):  # data left unflushed in a pipe to a dead worker
-                    pipe.close()
-        deadline = time.monotonic() + 2
-        for w in mine:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                w.wait(max(0.0, deadline - time.monotonic()))
-        self.workers = []
-
-_POOL = _Pool()
-
-# ---------------------------------------------------------------- Linux: Landlock, capabilities
-def _syscall(number, a=0, b=0, c=0, d=0, call=_LIBC.syscall):
-    if (r := call(number, a, b, c, d)) < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return r
-
-_prctl = lambda *args: _syscall(*args, call=_LIBC.prctl)
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version; 0 where Landlock is missing or disabled."""
-    try:
-        return _syscall(444, 0, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    except OSError:
-        return 0
-
-def _landlock_ruleset(home, abi):
-    """A Landlock ruleset fd, made once per worker and applied by each child (see the docstring)."""
-    readable = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path, "/usr", "/lib",
-                "/lib64", "/bin", "/dev", "/proc", "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group"}
-    read = 0b1101  # EXECUTE, READ_FILE, READ_DIR; then WRITE_FILE, REMOVE_*, MAKE_*, REFER, TRUNCATE
-    write = 0x1FF2 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)
-    attr = (ctypes.c_uint64 * 3)(read | write, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)  # fs, TCP, scopes
-    ruleset = _syscall(444, ctypes.addressof(attr), ctypes.sizeof(attr), 0)
-    rules = [(home, read | write), ("/dev/null", (read | write) & (4 | 2 | 1 << 14))]  # files: no dir rights
-    rules += [(p, read if os.path.isdir(p) else read & 5) for p in sorted(readable)
-              if p and os.path.exists(p) and os.path.abspath(p) != _HERE]
-    for path, allowed in rules:
-        fd = os.open(path, os.O_PATH)
-        rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd))  # landlock_path_beneath_attr
-        _syscall(445, ruleset, 1, ctypes.addressof(rule), 0)
-        os.close(fd)
-    return ruleset
-
-_CAPS = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(4, 4, 4), (ctypes.c_uint32 * 6)()
-
-# ---------------------------------------------------------------- the worker: a warm parent
-def _serve(index):
-    """Worker main loop: a job in on fd 0, its result out on fd 1 (8-byte length, pickle), until EOF."""
-    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test become our children
-    jobs, results, null = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"), os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0), os.dup2(null, 1)  # sys.std* themselves stay untouched: each child inherits them
-    list(map(__import__, PRELOAD))
-    gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
-    root, abi, home = os.geteuid() == 0, landlock_abi(), tempfile.mkdtemp(prefix=f"sandbox-{index}-")
-    uid = SANDBOX_UID + os.getpid() % 4500 if root else None  # not shared with other pools' workers
-    os.chmod(home, 0o711)  # each test gets a fresh cwd in here
-    tempfile.tempdir, sys.argv = None, [FILENAME]  # as the children see them (TMPDIR: their cwd)
-    files = [os.memfd_create(name, 0) for name in ("stdin", "stdout", "stderr", "value")]  # RAM: no disk I/O per test
-    for fd in files[:3] if root else []:
-        os.fchown(fd, uid, uid)  # so /dev/stdin, /dev/stdout reopen as in a real process
-    ctx = {"uid": uid, "home": home, "files": files, "tests": 0, "path": [p for p in sys.path if p not in ("", _HERE)],
-           "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
-           "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
-                      (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root}
-    ctx["jobs"] = jobs.fileno()  # readable during a test: EOF, the caller closed the pool
-    try:
-        while len(head := jobs.read(8)) == 8:
-            try:
-                result = _run_program(*pickle.loads(jobs.read(struct.unpack("<Q", head)[0])), ctx)
-            except _Abandoned:
-                break
-            except Exception as e:  # a bug here must not hang the caller
-                result = {"error": f"sandbox: {type(e).__name__}: {e}"}
-            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                results.write(struct.pack("<Q", len(data)) + data)
-                results.flush()
-            except BrokenPipeError:  # the caller is gone
-                break
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        with contextlib.suppress(BrokenPipeError):  # else reported at exit, when the file is freed
-            results.close()
-
-class _Abandoned(Exception):
-    """The caller closed the pool during a test: its processes are killed, and the worker exits."""
-
-def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
-    """Compile once, run each test in a fresh child (departures 1, 2); raw runs, executed lines."""
-    try:
-        program = compile(code, FILENAME, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
-        return {"compile_error": f"{type(e).__name__}: {e}"}
-    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
-    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
-    runs = []
-    complete = coverage
-    rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 2)
-    for inp in inputs:
-        if cov is None:
-            run = _run_one(program, inp, fn_name, timeout, None, ctx)
-        else:
-            run, recorded, spent = _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_left if complete else 0.0)
-            complete = complete and recorded
-            rerun_left -= spent
-        runs.append(run)
-        if run[0] != "ok":
-            break
-    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
-    real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 4:
-    hit |= {n for n, nxt in zip(real, real[1:])
-            if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
-    return {"runs": runs, "lines": sorted(hit), "complete": complete}
-
-def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_limit):
-    """One test, traced (departure 2) -> (its run, whether every line that ran in it is marked in cov,
-    seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
-    budget = min(0.1, timeout / 10)
-    run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
-    gave_up = cov[0] != 0
-    cov[0] = 0
-    late = run[0] == "ok" and run[1] > timeout
-    crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
-    if late or crashed:
-        verdict = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
-        return verdict, late and not gave_up, 0.0  # after a crash, the untraced run may have gone further
-    if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
-        return run, not gave_up, 0.0
-    again = _run_one(program, inp, fn_name, rerun_limit, (cov, math.inf), ctx)  # every line traced
-    return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
-
-def _run_one(program, inp, fn_name, limit, trace, ctx):
-    """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
-    ctx["tests"] += 1
-    cwd, fds = os.path.join(ctx["home"], str(ctx["tests"])), ctx["files"]
-    os.mkdir(cwd, 0o700)
-    for fd in fds:  # emptied, at offset 0
-        os.ftruncate(fd, 0), os.lseek(fd, 0, os.SEEK_SET)
-    if fn_name is None:
-        os.pwrite(fds[0], inp.encode(), 0)
-    limits = ctx["limits"] + [(resource.RLIMIT_CPU, math.ceil(limit) + 1)]  # SIGXCPU, then SIGKILL 1 s later
-    try:
-        ctx["uid"] is None or os.chown(cwd, ctx["uid"], ctx["uid"])
-        os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the child's environment: ENV and these
-        start, pid = time.perf_counter(), os.fork()
-        if pid == 0:
-            _child(program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
-        pidfd = os.pidfd_open(pid)
-        ready = select.select([pidfd, ctx["jobs"]], [], [], limit)[0]
-        seconds = time.perf_counter() - start
-        os.close(pidfd)
-        timed_out = not ready
-        abandoned = pidfd not in ready and ctx["jobs"] in ready
-        for kill in (os.killpg, os.kill):  # the whole group, whatever it does with signals
-            with contextlib.suppress(ProcessLookupError):
-                kill(pid, signal.SIGKILL)
-        status = os.waitpid(pid, 0)[1]
-        with contextlib.suppress(ChildProcessError):  # raised once none is left, not even a zombie (usually
-            while os.waitpid(-1, os.WNOHANG):  # at once); else SIGKILL, reap all left (orphans come to us)
-                with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:  # CONFIG_PROC_CHILDREN
-                    for orphan in f.read().split():
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(int(orphan), signal.SIGKILL)
-                os.waitpid(-1, 0)
-        if abandoned:
-            raise _Abandoned()
-        out = os.pread(fds[1], OUTPUT_BYTES, 0).decode("utf-8", "replace")
-        err = os.pread(fds[2], 4 * EXCERPT, max(0, os.fstat(fds[2]).st_size - 4 * EXCERPT)).decode("utf-8", "replace")
-        value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if fn_name else None
-        if timed_out or os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
-            return ("timeout", seconds, out[:EXCERPT], err, None)
-        if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0 or fn_name and not value:
-            how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {status >> 8}"
-            full = "output limit exceeded, " if os.fstat(fds[1]).st_size >= OUTPUT_BYTES else ""
-            return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {full}{how}", None)
-        return ("ok", seconds, out, err, value)
-    finally:
-        try:
-            os.rmdir(cwd)  # usually empty
-        except OSError:
-            shutil.rmtree(cwd, ignore_errors=True)
-
-def _child(program, inp, fn_name, cwd, limits, trace, ctx):
-    """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
-    as CPython does (departure 7). Never returns."""
-    status = 1
-    try:
-        os.setsid()
-        keep_read = ctx["ruleset"] is not None
-        keep = ctx["files"] + [ctx["ruleset"]] * keep_read
-        for target, fd in enumerate(keep):
-            os.dup2(fd, target)  # 0 stdin, 1 stdout, 2 stderr, 3 the returned value, 4 the Landlock ruleset
-        os.closerange(len(keep), 1 << 20)  # the worker's pipes and all else
-        os.chdir(cwd)
-        for res, value in limits:
-            with contextlib.suppress(ValueError):  # not root, hard limit lower: that one holds already
-                resource.setrlimit(res, (value, value + (res == resource.RLIMIT_CPU)))
-        if (uid := ctx["uid"]) is not None:  # drop root, as the docstring says (CAP_DAC_READ_SEARCH: ambient too)
-            _prctl(8, 1)  # PR_SET_KEEPCAPS
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            if _LIBC.capset(_CAPS[0], _CAPS[1 if keep_read else 2]) != 0:  # effective, permitted, inheritable
-                raise OSError(ctypes.get_errno(), "capset")
-            keep_read and _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
-            _prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
-        if keep_read:
-            _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS, then landlock_restrict_self
-            _syscall(446, 4, 0)
-            os.close(4)
-        sys.path[:] = [cwd] + ctx["path"]  # HOME, TMPDIR, argv, linecache: set in the worker
-        # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
-        module = sys.modules["__main__"] = types.ModuleType("__main__")
-        module.__file__, status = FILENAME, 0
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
-        if trace:
-            _trace_lines(trace[0], program, time.monotonic() + trace[1])
-        try:
-            exec(program, module.__dict__)
-            if fn_name is not None:
-                ns = module.__dict__
-                fn = ns[fn_name] if fn_name in ns else getattr(ns["Solution"](), fn_name)
-                data = json.dumps(fn(*inp), default=lambda o: o.tolist() if hasattr(o, "tolist") else repr(o)).encode()
-                while data:
-                    data = data[os.write(3, data):]
-        except SystemExit as e:  # exit(), sys.exit(0): a normal exit; exit("message"): printed, status 1
-            status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-            if not isinstance(e.code, (int, type(None))):
-                print(e.code, file=sys.stderr)
-        except BaseException as e:
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # from the program's frame on
-            status = 1
-        try:
-            threading._shutdown()  # wait for non-daemon threads
-            atexit._run_exitfuncs()
-        except BaseException:
-            traceback.print_exc()
-            status = status or 1
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.closed or stream.flush()
-            except BaseException:
-                status = 120  # CPython's status when flushing stdout fails at exit
-        module.__dict__.clear()  # open files the program forgot are flushed as they are freed
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(status & 0xFF)
-
-def _trace_lines(buf, program, stop_at):
-    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
-    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 2)."""
-    codes = [program]
-    for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    if hasattr(sys, "monitoring"):  # 3.12+: each line reported once, then DISABLEd
-        mon = sys.monitoring
-        def line(code, n):
-            if 0 < n < len(buf):
-                buf[n] = 1
-            return mon.DISABLE
-        mon.use_tool_id(mon.COVERAGE_ID, "sandbox")
-        mon.register_callback(mon.COVERAGE_ID, mon.events.LINE, line)
-        for code in codes:
-            mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
-        return
-    left = {}  # 3.11: settrace; left[code]: its lines yet to run
-    for code in codes:
-        lines = {n for _, _, n in code.co_lines() if n}
-        if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
-            lines.discard(code.co_firstlineno)
-        left[code] = {n for n in lines if n >= len(buf) or not buf[n]}  # lines an earlier test marked: not needed
-    events = itertools.count(1)
-    def tracer(frame, event, arg):
-        count = next(events)
-        if count & 1023 == 0 and time.monotonic() > stop_at:
-            sys.settrace(None)
-            threading.settrace(None)
-            if any(left.values()):
-                buf[0] = 1
-            return None
-        todo = left.get(frame.f_code)
-        if todo is None:  # not the program's code: not traced further
-            return None
-        if event == "line":
-            n = frame.f_lineno
-            if 0 < n < len(buf):
-                buf[n] = 1
-            todo.discard(n)
-        if not todo:  # all its lines ran: this code object is traced no more
-            frame.f_trace = None
-            return None
-        frame.f_trace = tracer
-        return tracer
-    threading.settrace(tracer)
-    sys.settrace(tracer)
-
 # ---------------------------------------------------------------- command line
 def main(argv=None):
     usage = "python sandbox.py PROGRAM.py --data FILE --id ID [--timeout S] [--json] [--show-coverage]"
@@ -535,7 +132,7 @@ def main(argv=None):
     p.error = lambda msg: die(f"{msg}; usage: {usage}")
     args = p.parse_args(argv)
     try:
-        from curriculum import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
+        from problems import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
         with open(args.program, encoding="utf-8") as f:
             code = f.read()
         problems = {str(q.problem_id): q for q in load_problems(args.data)}
@@ -552,10 +149,9 @@ def main(argv=None):
     unmarked = result.status == "compile_error"  # nothing ran, and FGO keeps all its tokens (SPEC §4)
     if args.show_coverage:
         print("coverage: + ran, - never ran, blank: a blank or comment line" + " (or nothing ran)" * unmarked)
-    if args.show_coverage and unmarked:
-        print("(the program does not compile: no line ran, and FGO keeps every token of it)")
-    if args.show_coverage and not unmarked and not result.coverage_complete:
-        print("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
+    if args.show_coverage and (unmarked or not result.coverage_complete):
+        print("(the program does not compile: no line ran, and FGO keeps every token of it)" if unmarked else
+              "(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
     for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):
         blank = unmarked or line.strip()[:1] in ("", "#")
         print(f"{n:4} {'+' if n in result.executed_lines else ' ' if blank else '-'} | {line}")
@@ -570,8 +166,8 @@ def main(argv=None):
     return 0 if result.status == "pass" else 1
 
 def _first_failure(result, tests):
-    """The first test that ran and did not pass: its number, verdict, and input, expected and actual
-    output as text (call-based: as JSON; actual: the returned value); None if there is none."""
+    """The first test that ran and did not pass: number, verdict, input, expected and actual output as text
+    (call-based: as JSON; actual: the returned value); None if there is none."""
     call = tests["fn_name"] is not None
     for i, d in enumerate(result.details):
         if d.verdict != "pass":
@@ -582,9 +178,7 @@ def _first_failure(result, tests):
 
 def _cut(text, show=str):
     """`text` shown by `show`, cut at SHOWN characters with "..." after."""
-    if len(text) <= SHOWN:
-        return show(text)
-    return show(text[:SHOWN]) + "..."
+    return show(text) if len(text) <= SHOWN else show(text[:SHOWN]) + "..."
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ an upper bound on (a).
 import argparse, concurrent.futures as cf, inspect, json, os, re, subprocess, sys, tempfile, time, types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import sandbox  # noqa: E402
+import containment, sandbox  # noqa: E402
 
 
 def humaneval_jobs():
@@ -86,8 +86,8 @@ def fresh_interpreter(programs, workers, timeout):
 FLOOR = r"""
 import contextlib, gc, io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-import sandbox
-list(map(__import__, sandbox.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
+import containment
+list(map(__import__, containment.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
 cpu = lambda: sum(os.times()[:4])  # this process and its reaped children
 start, n = cpu(), 1000
 for _ in range(n):
@@ -100,7 +100,7 @@ def run_all(traced):  # each program compiled and run here, traced as a sandbox 
     start = time.process_time()
     for code in programs:
         program, lines = compile(code, "<solution>", "exec"), bytearray(code.count("\n") + 2)
-        traced and sandbox._trace_lines(lines, program, time.monotonic() + float(sys.argv[2]))  # b: departure 2
+        traced and containment._trace_lines(lines, program, time.monotonic() + float(sys.argv[2]))  # b: containment.py, departure 1
         with contextlib.redirect_stdout(io.StringIO()):
             exec(program, {"__name__": "__main__"})
         sys.settrace(None), threading.settrace(None)
@@ -112,7 +112,7 @@ print(fork, run_all(False), run_all(True))
 
 def floor_per_test(programs, budget):
     """CPU s of a bare fork + exit + wait of a worker-sized process; to compile and run a program, untraced, traced."""
-    out = subprocess.run([sys.executable, "-c", FLOOR, os.path.dirname(os.path.abspath(sandbox.__file__)), str(budget)],
+    out = subprocess.run([sys.executable, "-c", FLOOR, os.path.dirname(os.path.abspath(containment.__file__)), str(budget)],
                          input=json.dumps(programs), capture_output=True, text=True, check=True).stdout
     return tuple(map(float, out.split()))
 
@@ -129,7 +129,7 @@ def main():
     problems, jobs = humaneval_jobs()
     n = len(jobs)
     print(f"Python {sys.version.split()[0]}, {args.workers} workers, {os.cpu_count()} cores, Landlock ABI "
-          f"{sandbox.landlock_abi()}, root={os.geteuid() == 0}, {n} HumanEval programs (1 test each)")
+          f"{containment.landlock_abi()}, root={os.geteuid() == 0}, {n} HumanEval programs (1 test each)")
 
     t_cold, _ = timed(lambda: sandbox.run_batch(jobs[:4], args.timeout, args.workers))  # pool start, once per process
     t_on, res_on = best_of(args.repeats, lambda: sandbox.run_batch(jobs, args.timeout, args.workers, coverage=True))

@@ -3,14 +3,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from curriculum import (ALPHA, RHO_T, Curriculum, DataError, Problem, build_prompt, load_problems,  # noqa: E402
-                        main, split_points, stage_prefixes)
+from conftest import ROOT
+from curriculum import (ALPHA, RHO_T, Curriculum, DataError, Problem, build_prompt, load_problems, main, split_points,
+                        stage_prefixes)
 
 
 def chain(e: int) -> str:
@@ -117,7 +115,7 @@ def test_e17():
 
 
 def test_first_line_conditional_gets_no_stage_with_an_empty_prefix():
-    # stage 1 would be the lines above line 1: nothing, the same task as stage 0 (departure 6)
+    # stage 1 would be the lines above line 1: nothing, the same task as stage 0 (departure 5)
     assert stage_prefixes("for _ in range(int(input())):\n    print(1)\n") == [""]
     assert stage_prefixes("\n# read\nfor _ in range(int(input())):\n    print(1)\n") == [""]  # blank lines, comments
     code = "for _ in range(int(input())):\n    n = int(input())\n    if n:\n        print(n)\n"
@@ -415,7 +413,8 @@ def test_cli_id_missing_says_which_ids_the_file_has(tmp_path, capsys, records, i
     assert capsys.readouterr().err.rstrip().endswith(f"p.json ({ids})")
 
 
-def test_does_not_import_torch_or_transformers():
-    code = "import curriculum, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
+@pytest.mark.parametrize("module", ["curriculum", "problems"])
+def test_does_not_import_torch_or_transformers(module):
+    code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"

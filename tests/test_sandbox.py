@@ -7,12 +7,12 @@ import json, os, signal, socket, subprocess, sys, textwrap, time
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import sandbox  # noqa: E402
-from sandbox import ExecResult, outputs_match, run_batch, run_tests, values_match  # noqa: E402
+import containment
+import sandbox
+from sandbox import ExecResult, outputs_match, run_batch, run_tests, values_match
 
 ROOT = os.geteuid() == 0
-ABI = sandbox.landlock_abi()
+ABI = containment.landlock_abi()
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sandbox.py")
 
 
@@ -25,11 +25,11 @@ def run1(code, inp="", out="", timeout=1.0, **kw) -> ExecResult:
 
 
 def worker_pids():
-    return [w.pid for w in sandbox._POOL.workers]
+    return [w.pid for w in containment._POOL.workers]
 
 
 def worker_uid(pid):
-    return sandbox.SANDBOX_UID + pid % 4500  # as in sandbox._serve
+    return containment.SANDBOX_UID + pid % 4500  # as in containment._serve
 
 
 def sandbox_processes():
@@ -83,7 +83,7 @@ def test_per_test_details_are_capped_excerpts():
     r = run1("import sys\nprint('x' * 5000)\nsys.stderr.write('e' * 5000 + 'END')\n", "", "x")
     d = r.details[0]
     assert d.verdict == "wrong_answer" and 0 < d.seconds < 1
-    assert len(d.stdout) == sandbox.EXCERPT and len(d.stderr) <= sandbox.EXCERPT and d.stderr.endswith("END")
+    assert len(d.stdout) == containment.EXCERPT and len(d.stderr) <= containment.EXCERPT and d.stderr.endswith("END")
 
 
 # ---------------------------------------------------------------- real stdin / stdout
@@ -280,14 +280,21 @@ def test_child_is_not_a_fork_of_the_caller():
     assert run1("import sys\nprint('_pytest' in sys.modules, 'torch' in sys.modules)\n", "", "False False").status == "pass"
 
 
+@pytest.mark.parametrize("module", ["containment", "sandbox"])
+def test_workers_and_the_judge_import_neither_torch_nor_transformers(module):  # workers import containment alone
+    code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SANDBOX), capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+
+
 def test_cwd_is_a_temp_dir_removed_afterwards():
     r = run1("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n", "", "")
     cwd = r.details[0].stdout.strip()
-    assert cwd.startswith(sandbox.tempfile.gettempdir()) and "sandbox-" in cwd and not os.path.exists(cwd)
+    assert cwd.startswith(containment.tempfile.gettempdir()) and "sandbox-" in cwd and not os.path.exists(cwd)
 
 
 def test_environment_is_scrubbed(monkeypatch):
-    sandbox._POOL.close()  # workers started after the secret is set must not pass it on
+    containment._POOL.close()  # workers started after the secret is set must not pass it on
     monkeypatch.setenv("SANDBOX_TEST_SECRET", "hunter2")
     code = "import os\nprint('hunter2' in open('/proc/self/environ').read() + repr(dict(os.environ)))\n"
     assert run1(code, "", "False").status == "pass"
@@ -303,7 +310,7 @@ def test_root_drops_to_an_unprivileged_user():
 def test_rlimits_are_set_in_the_child():
     code = "import resource as r\nprint(*[r.getrlimit(getattr(r, 'RLIMIT_' + k))[0] for k in ('AS', 'FSIZE', 'CORE', 'CPU')])\n"
     out = run1(code, "", "", timeout=1.0).details[0].stdout.split()
-    assert [int(x) for x in out] == [sandbox.MEMORY_BYTES, sandbox.OUTPUT_BYTES, 0, 3]  # CPU: ceil(1 + 0.1) + 1
+    assert [int(x) for x in out] == [containment.MEMORY_BYTES, containment.OUTPUT_BYTES, 0, 3]  # CPU: ceil(1 + 0.1) + 1
 
 
 def test_pool_is_cached_between_calls():
@@ -330,10 +337,10 @@ def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores S
 CTRL_C = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-import sandbox
+import containment, sandbox
 tests = {"inputs": [""], "outputs": [""], "fn_name": None}
 sandbox.run_batch([("print()", tests)] * 2, workers=2)
-print(*[w.pid for w in sandbox._POOL.workers], flush=True)
+print(*[w.pid for w in containment._POOL.workers], flush=True)
 try:
     sandbox.run_batch([("import time\\ntime.sleep(30)\\n", tests)] * 2, timeout=20.0, workers=2)
 except KeyboardInterrupt:
