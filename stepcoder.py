@@ -5,6 +5,7 @@ Run it:
     python stepcoder.py --model deepseek-coder-1.3b     # one 24 GB GPU, 4-bit base + LoRA
     python stepcoder.py --model tiny --no-cccs --no-fgo # vanilla PPO (the paper's ablation)
     python stepcoder.py --resume runs/tiny --steps 40   # continue a run to 40 PPO steps in total
+    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # data-parallel ranks (distributed.py, README)
     python stepcoder.py --help                          # every flag, with its default
 
 What it implements (Dou et al., 2024, arXiv 2402.01391; docs/METHOD.md), in the order of one PPO step:
