@@ -1,13 +1,12 @@
-"""Data-parallel PPO: the few collective operations stepcoder.py needs under torchrun. Plumbing, not the method.
+"""Data-parallel PPO under torchrun: the few collective operations stepcoder.py needs. Plumbing, not the method.
 
-    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # two workers; `python stepcoder.py` is one, as before
+    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # two ranks; `python stepcoder.py` is one, as before
 
-torchrun sets WORLD_SIZE, RANK and LOCAL_RANK. With WORLD_SIZE unset (or 1) nothing here communicates and
-every helper is the identity, so a single process runs exactly the program it always was. Each rank holds
-the whole model (base + LoRA adapter + value head), draws its share of the step's problems, generates,
-scores and computes advantages on its own rollouts; the trainable parameters' gradients are averaged across
-ranks before every optimizer step (an explicit all-reduce rather than DDP around a peft model), so every
-rank holds the same adapter and value head. Rank 0 alone writes the run directory and prints.
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE unset every helper here is the identity, so one
+process runs exactly the program it always was. Each rank holds the whole model, takes its share of the step's
+problems, and generates, scores and computes advantages on its own rollouts; the trainable parameters' gradients
+are averaged across ranks before every optimizer step (an explicit all-reduce: shorter than DDP around a peft
+model), so every rank holds the same adapter and value head. Rank 0 alone writes the run directory and prints.
 """
 from __future__ import annotations
 
@@ -34,14 +33,13 @@ def is_main() -> bool:
 
 
 def init() -> torch.device:
-    """Join the process group (NCCL on CUDA, gloo on the CPU) when there are several ranks. -> this rank's device"""
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if world() > 1 else torch.device("cuda")
-        if world() > 1:
-            torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world() > 1 and not dist.is_initialized():  # rank 0 evaluates alone while the others wait: a long timeout
+    """Several ranks: join the process group, NCCL on cuda:LOCAL_RANK or gloo on the CPU. -> this rank's device"""
+    if world() == 1:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():  # rank 0 evaluates alone while the others wait: a long timeout
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return device
 
@@ -90,11 +88,10 @@ def broadcast_params(params: list) -> None:
 def all_reduce_grads(params: list) -> None:
     """Average the gradients across ranks, in one flat buffer: every rank then takes the same optimizer step."""
     if world() > 1:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.flatten() for g in grads])
+        flat = torch.cat([p.grad.flatten() for p in params])  # the loss reaches every trainable parameter
         dist.all_reduce(flat)
         flat /= world()
-        for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad = g.view_as(p).to(p.dtype)
 
 
@@ -102,9 +99,9 @@ def agree(flag: bool) -> bool:
     """True on every rank iff it is true on every rank (e.g. a minibatch's loss is finite everywhere)."""
     if world() == 1:
         return flag
-    flag_tensor = torch.tensor(int(flag), device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag_tensor, op=dist.ReduceOp.MIN)
-    return bool(flag_tensor.item())
+    every = torch.tensor(int(flag), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(every, op=dist.ReduceOp.MIN)
+    return bool(every)
 
 
 def gather(obj) -> list:
@@ -122,7 +119,6 @@ def gather_rows(tensors: dict, device) -> dict:
     if world() == 1:
         return tensors
     ranks = gather({name: t.cpu() for name, t in tensors.items()})
-    def cat(parts):
-        width = max(t.shape[-1] for t in parts) if parts[0].dim() == 2 else None
-        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[-1])) if width else t for t in parts]).to(device)
-    return {name: cat([r[name] for r in ranks]) for name in tensors}
+    width = {name: max(r[name].shape[-1] for r in ranks) for name in tensors}
+    pad = lambda t, name: torch.nn.functional.pad(t, (0, width[name] - t.shape[-1])) if t.dim() == 2 else t
+    return {name: torch.cat([pad(r[name], name) for r in ranks]).to(device) for name in tensors}

@@ -22,7 +22,8 @@ RANKS, PROBLEMS, SAMPLES = 2, 4, 2
 def two_ranks(tmp_path_factory):
     """One 2-rank run (2 PPO steps) through tests/rank_dump.py: (run directory, flags, both ranks' records, stdout)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    args = tiny_args(tmp, "--steps", "2", "--no-eval", "--problems-per-step", str(PROBLEMS))
+    args = tiny_args(tmp, "--steps", "2", "--no-eval", "--problems-per-step", str(PROBLEMS),
+                     "--sft-steps", "40")  # some rollouts pass: the curriculum moves
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(RANKS),
                            str(ROOT / "tests" / "rank_dump.py"), str(tmp), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -39,7 +40,11 @@ def test_every_rank_holds_the_same_adapter_value_head_and_curriculum_after_each_
         assert all(torch.equal(a["adapter"][n], b["adapter"][n]) for n in a["adapter"])  # bitwise
         assert all(torch.equal(a["value_head"][n], b["value_head"][n]) for n in a["value_head"])
         assert a["curriculum"] == b["curriculum"]
-    assert json.loads((run / "checkpoint" / "progress.json").read_text())["curriculum"] == rank0["steps"][-1]["curriculum"]
+    assert any(rho > 0 for _, _, rho in rank0["steps"][-1]["curriculum"]["problems"]), "no pass: nothing to compare"
+    progress = json.loads((run / "checkpoint" / "progress.json").read_text())  # rank 0's checkpoint of step 2
+    assert progress["step"] == 2 and progress["curriculum"] == rank0["steps"][-1]["curriculum"]
+    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["value_head"]
+    assert all(torch.equal(saved[n], rank0["steps"][-1]["value_head"][n]) for n in saved)
 
 
 def test_the_steps_problems_are_drawn_once_and_split_between_the_ranks(two_ranks):
