@@ -47,7 +47,7 @@ class Config:
     sft_lr: float = field(default=1e-4, metadata={"help": "learning rate of the warm start"})
     sft_batch_size: int = field(default=8, metadata={"help": "sequences per warm-start step"})
     # --- rollouts ------------------------------------------------------------------------
-    problems_per_step: int = field(default=8, metadata={"help": "problems sampled per PPO step"})
+    problems_per_step: int = field(default=8, metadata={"help": "problems sampled per PPO step, over all ranks: under torchrun every rank draws the same ones and rank r of N takes every N-th from the r-th (a multiple of N)"})
     samples_per_problem: int = field(default=4, metadata={"help": "rollouts per problem (paper: 16)"})
     gen_batch_size: int = field(default=16, metadata={"help": "sequences generated at once"})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "longer prompts get their problem statement shortened (never the canonical prefix)"})

@@ -5,6 +5,7 @@ Run it:
     python stepcoder.py --model deepseek-coder-1.3b     # one 24 GB GPU, 4-bit base + LoRA
     python stepcoder.py --model tiny --no-cccs --no-fgo # vanilla PPO (the paper's ablation)
     python stepcoder.py --resume runs/tiny --steps 40   # continue a run to 40 PPO steps in total
+    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # data-parallel ranks (distributed.py, README)
     python stepcoder.py --help                          # every flag, with its default
 
 What it implements (Dou et al., 2024, arXiv 2402.01391; docs/METHOD.md), in the order of one PPO step:
@@ -50,6 +51,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import curriculum
+import distributed
 import sandbox
 from config import Config, Interrupted, UsageError, is_tiny, parse_config
 from models import (FENCE, WARM_START_SAVE_EVERY, add_adapter, build_tiny, is_chat, load_base, quiet_libraries,
@@ -109,7 +111,7 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
     if is_chat(tok):
         sampling.update(stop_strings=[FENCE], tokenizer=tok)
     chunks, lengths = [], []
-    for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
+    for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False, disable=not distributed.is_main()):
         ids, attention_mask = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
         ids, attention_mask, _ = drop_shared_padding(ids, attention_mask)
         out = policy.generate(input_ids=ids, attention_mask=attention_mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
@@ -154,8 +156,8 @@ def program_text(gen_text: str, tok) -> str:
 
 def sandbox_results(programs: list[str], problems: list, cfg: Config) -> list:
     """Each program run on its problem's unit tests: verdict, reward (Eq. 3) and executed lines."""
-    return sandbox.run_batch([(code, p.tests) for code, p in zip(programs, problems)],
-                             timeout=cfg.timeout, progress=True)
+    return sandbox.run_batch([(code, p.tests) for code, p in zip(programs, problems)], timeout=cfg.timeout,
+                             workers=distributed.sandbox_workers(), progress=distributed.is_main())
 
 # --------------------------------------------------- 4. FGO: coverage masking (Sec. 3.3) ---
 
@@ -297,7 +299,7 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
     cfg.ppo_epochs passes over the step's minibatches, in a new order each pass. -> mean statistics"""
     policy.train()
     stats = {"pg_loss": [], "vf_loss": [], "approx_kl": [], "clipfrac": [], "skipped": 0}
-    for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False):
+    for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False, disable=not distributed.is_main()):
         for k in torch.randperm(len(minibatches)).tolist():
             mb = minibatches[k]
             new_logprobs, _, new_values = logprobs_and_values(policy, value_head, batch["ids"][mb], batch["attn"][mb],
@@ -307,11 +309,12 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
             vf_loss = value_loss(new_values, batch["values"][mb], batch["returns"][mb],       # PPO practice
                                  batch["mask"][mb], cfg.vf_clip)
             loss = pg_loss + cfg.vf_coef * vf_loss
-            if not torch.isfinite(loss):
+            if not distributed.agree(bool(torch.isfinite(loss))):  # every rank skips, or none does
                 stats["skipped"] += 1
                 continue
             optimizer.zero_grad()
             loss.backward()
+            distributed.all_reduce_grads(params)  # several ranks: the mean gradient, so all take the same step
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             for name, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
@@ -324,15 +327,16 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
              rng, start: int, progress: dict, tensorboard) -> None:
     """PPO steps start+1 .. cfg.steps, with the evaluations before and after. `progress` says where the
     run is, for Ctrl-C's message."""
-    if cfg.eval and start == 0 and not (run_dir / "eval_step0.json").exists():
+    if cfg.eval and start == 0 and distributed.is_main() and not (run_dir / "eval_step0.json").exists():
         progress["where"] = "during the evaluation before RL"
         run_evaluation(policy, tok, evals, cfg, device, run_dir, 0)
 
     for step in range(start + 1, cfg.steps + 1):
         progress["where"] = f"at step {step}"
-        # 1. Curriculum prompt: each problem's instruction, then the canonical prefix of its stage.
-        batch = [p for p in rng.sample(problems, min(cfg.problems_per_step, len(problems)))
-                 for _ in range(cfg.samples_per_problem)]
+        # 1. Curriculum prompt: each problem's instruction, then the canonical prefix of its stage. Several
+        #    ranks draw the step's problems alike (one RNG, the same on all) and each takes its share.
+        drawn = rng.sample(problems, min(cfg.problems_per_step, len(problems)))
+        batch = [p for p in distributed.share(drawn) for _ in range(cfg.samples_per_problem)]
         prefixes = [prompt_prefix(cccs.prefix(p.problem_id)) for p in batch]
         stages = [cccs.stage(p.problem_id) for p in batch]
         prompts = [fit_prompt(tok, p, prefix, cfg.max_prompt_tokens) for p, prefix in zip(batch, prefixes)]
@@ -350,8 +354,11 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
         t0 = time.time()
         results = sandbox_results([prefix + code for prefix, code in zip(prefixes, programs)], batch, cfg)
         t_score = time.time() - t0
-        for p, result, stage in zip(batch, results, stages):  # rollouts from a stage already left are ignored
-            cccs.update(p.problem_id, result.status == "pass", stage=stage)
+        # Every rank's results, in rank order, update the one curriculum: all ranks hold the same state.
+        scored = [row for rows in distributed.gather([(p.problem_id, result.status, result.reward, stage)
+                                                      for p, result, stage in zip(batch, results, stages)]) for row in rows]
+        for problem_id, status, _, stage in scored:  # rollouts from a stage already left are ignored
+            cccs.update(problem_id, status == "pass", stage=stage)
 
         # 4. The masking convention. The tensors below hold generated tokens only (G columns):
         #    the prompt and the canonical prefix are never actions, so they never enter a loss.
@@ -367,7 +374,7 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
             for i, ((_, ends), code, prefix, result, n) in enumerate(zip(decoded, programs, prefixes, results, b_len.tolist())):
                 eos = n - 1 if b_resp[i, n - 1] == tok.eos_token_id else None
                 b_fgo[i, :n] = torch.tensor(rollout_fgo_mask(ends, code, prefix, result, eos))
-        for i in range(min(cfg.show_rollouts, N)):
+        for i in range(min(cfg.show_rollouts, N) if distributed.is_main() else 0):
             text, ends = decoded[i]
             pieces = [text[a:b] for a, b in zip([0] + ends[:-1], ends)]
             tqdm.write(show_rollout(batch[i], stages[i], prefixes[i], pieces, b_fgo[i].tolist(), results[i]))
@@ -382,7 +389,7 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
         b_logprobs, b_ref_logprobs, b_entropy, b_values = logprobs_before_update(
             policy, value_head, b_ids, b_attn, G, minibatches, cfg.temperature)         # (N, G) each
 
-        # 6. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages.
+        # 6. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages (per rank: over its own rollouts).
         b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)
         b_values = b_values * b_mask
         b_advantages, b_returns = compute_gae(b_rewards, b_values, b_mask, cfg.gamma, cfg.lam)
@@ -394,45 +401,59 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
         stats = ppo_update(policy, value_head, optimizer, params, rollouts, minibatches, cfg)
         t_update = time.time() - t0
 
-        # 8. Log, checkpoint.
-        verdicts = [result.status for result in results]
-        stage0_rewards = [result.reward for result, stage in zip(results, stages) if stage == 0]
-        returns_var = torch.var(b_returns[b_mask.bool()])
+        # 8. Log, checkpoint. The figures cover every rank's rollouts (their tensors gathered in rank order), the
+        #    update's statistics are the ranks' mean, the times the slowest rank's; rank 0 writes.
+        every = distributed.gather_rows({"scores": b_scores, "kl": b_kl, "entropy": b_entropy, "mask": b_mask,
+                                         "fgo": b_fgo, "returns": b_returns, "values": b_values}, device)
+        ranks = distributed.gather({**stats, "t_generate": t_generate, "t_score": t_score, "t_update": t_update,
+                                    "prompts_shortened": sum(shortened for _, shortened in prompts)})
+        mean_of = lambda name: sum(r[name] for r in ranks) / len(ranks)
+        slowest = lambda name: max(r[name] for r in ranks)
+        verdicts = [status for _, status, _, _ in scored]
+        stage0_rewards = [reward for _, _, reward, stage in scored if stage == 0]
+        mask = every["mask"].bool()
+        returns_var = torch.var(every["returns"][mask])
         metrics = {
-            "step": step, "reward_mean": b_scores.mean().item(), "pass_rate": verdicts.count("pass") / N,
+            "step": step, "reward_mean": every["scores"].mean().item(), "pass_rate": verdicts.count("pass") / len(scored),
             "reward_stage0": sum(stage0_rewards) / len(stage0_rewards) if stage0_rewards else None,
-            **{f"frac_{v}": verdicts.count(v) / N for v in sandbox.REWARDS},
-            "kl": b_kl.sum(1).mean().item(), "approx_kl": stats["approx_kl"], "clipfrac": stats["clipfrac"],
-            "entropy": masked_mean(b_entropy, b_mask).item(), "pg_loss": stats["pg_loss"], "vf_loss": stats["vf_loss"],
-            "explained_var": (1 - torch.var((b_returns - b_values)[b_mask.bool()]) / returns_var).item() if returns_var > 0 else 0.0,
+            **{f"frac_{v}": verdicts.count(v) / len(scored) for v in sandbox.REWARDS},
+            "kl": every["kl"].sum(1).mean().item(), "approx_kl": mean_of("approx_kl"), "clipfrac": mean_of("clipfrac"),
+            "entropy": masked_mean(every["entropy"], every["mask"]).item(), "pg_loss": mean_of("pg_loss"), "vf_loss": mean_of("vf_loss"),
+            "explained_var": (1 - torch.var((every["returns"] - every["values"])[mask]) / returns_var).item() if returns_var > 0 else 0.0,
             "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
-            "fgo_kept": (b_fgo.sum() / b_mask.sum()).item(), "gen_tokens_per_s": b_mask.sum().item() / max(t_generate, 1e-9),
-            "prompts_shortened": sum(shortened for _, shortened in prompts),
-            "t_generate": t_generate, "t_score": t_score, "t_update": t_update, "skipped_updates": stats["skipped"],
+            "fgo_kept": (every["fgo"].sum() / every["mask"].sum()).item(),
+            "gen_tokens_per_s": every["mask"].sum().item() / max(slowest("t_generate"), 1e-9),
+            "prompts_shortened": sum(r["prompts_shortened"] for r in ranks), "t_generate": slowest("t_generate"),
+            "t_score": slowest("t_score"), "t_update": slowest("t_update"), "skipped_updates": stats["skipped"],
         }
-        log_step(run_dir, metrics, tensorboard)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(run_dir, policy, value_head, optimizer, cccs, step, rng)
-            progress["saved"] = f"step {step}"
+        if distributed.is_main():
+            log_step(run_dir, metrics, tensorboard)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(run_dir, policy, value_head, optimizer, cccs, step, rng)
+                progress["saved"] = f"step {step}"
 
-    if cfg.eval and cfg.steps > 0:  # (--steps 0: the warm start alone, evaluated above)
+    if cfg.eval and cfg.steps > 0 and distributed.is_main():  # (--steps 0: the warm start alone, evaluated above)
         progress["where"] = f"during the evaluation at step {cfg.steps}"
         run_evaluation(policy, tok, evals, cfg, device, run_dir, cfg.steps)
 
 
 def train(cfg: Config):
     """The whole run; returns (run directory, policy, value head) for tests and notebooks. Ctrl-C raises
-    Interrupted, which says where the run stopped and how to continue it."""
+    Interrupted, which says where the run stopped and how to continue it. Under torchrun each process is one
+    data-parallel rank (distributed.py): rank 0 alone writes the run directory and prints."""
     started = time.time()
     quiet_libraries()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problems = curriculum.load_problems(cfg.data)
+    distributed.share(problems[:cfg.problems_per_step])  # several ranks: an uneven split is refused at once
+    device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group, cuda:LOCAL_RANK
     evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
         evals["test"] = curriculum.load_problems(cfg.test_data)
     start = check_run_dir(cfg)
     run_dir = Path(cfg.out)
     checkpoint = run_dir / "checkpoint"
+    resuming = bool(cfg.resume) and checkpoint.exists()  # read before rank 0 writes (a new run has no checkpoint)
+    distributed.barrier()
     progress = {"where": "while loading the model", "saved": "none"}  # what Ctrl-C's one line says
     try:
         # Load the model: nothing is written before it loaded. `tiny` is built and warm-started here
@@ -440,46 +461,52 @@ def train(cfg: Config):
         tiny = is_tiny(cfg.model)
         if cfg.model != "tiny":
             tok, base = load_base(cfg.model, cfg, device, tiny=tiny)
-        prepare_run_dir(cfg)
-        if start:
+        if distributed.is_main():
+            prepare_run_dir(cfg)
+        if start and distributed.is_main():
             tqdm.write(f"resuming {run_dir} from its checkpoint at step {start} (to step {cfg.steps})")
         sft_checkpoint = run_dir / "warm_start.pt"
         warm_start_progress = {"where": "during the warm start", "saved": f"the warm start's, every {WARM_START_SAVE_EVERY} steps"}
         if cfg.model == "tiny":
-            if not (run_dir / "base").exists():
+            if distributed.is_main() and not (run_dir / "base").exists():  # rank 0 builds it, every rank loads it
                 progress.update(warm_start_progress)
                 tok, model = build_tiny(problems, cfg.sft_seed)
                 warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
                 save_tiny_base(model, tok, run_dir / "base", cfg)
                 sft_checkpoint.unlink(missing_ok=True)
+            distributed.barrier()
             tok, base = load_base(str(run_dir / "base"), cfg, device, tiny=True)
         rng = random.Random(cfg.seed)  # RL's RNG, in the same state whether the base was warm-started
         torch.manual_seed(cfg.seed)     # in this run or loaded (`--model RUN/base` then repeats the run exactly)
-        resuming = checkpoint.exists()
         policy, value_head = add_adapter(base, cfg, str(checkpoint / "adapter") if resuming else None)
-        if not tiny and cfg.sft_steps and not resuming:  # models.py, departure 2: SFT trains the adapter
-            progress.update(warm_start_progress)
-            warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+        if not tiny and cfg.sft_steps and not resuming and distributed.is_main():  # models.py, departure 2: SFT
+            progress.update(warm_start_progress)                                   # trains the adapter (rank 0's
+            warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)  # is broadcast)
         adapter_params = [p for p in policy.parameters() if p.requires_grad]
         head_params = list(value_head.parameters())
+        distributed.broadcast_params(adapter_params + head_params)  # several ranks: all start from rank 0's
         optimizer = torch.optim.AdamW([{"params": adapter_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.vf_lr}],
                                       eps=1e-5, weight_decay=0.0)
         cccs = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=not cfg.no_cccs)
-        if resuming:
+        if resuming:  # every rank: the same adapter, value head, optimizer, curriculum, and rank 0's RNG
             start = load_checkpoint(checkpoint, value_head, optimizer, cccs, rng)
-        else:  # step 0: the warm start's result, so an interrupted run never redoes it
+        elif distributed.is_main():  # step 0: the warm start's result, so an interrupted run never redoes it
             save_checkpoint(run_dir, policy, value_head, optimizer, cccs, 0, rng)
             sft_checkpoint.unlink(missing_ok=True)
+        distributed.own_rng()  # rank r > 0: its own sampling stream (distributed.py says how)
         progress["saved"] = f"step {start}"
-        keep_metrics_until(run_dir / "metrics.jsonl", start)
-        tensorboard = open_tensorboard(run_dir, cfg.tensorboard)
+        if distributed.is_main():
+            keep_metrics_until(run_dir / "metrics.jsonl", start)
+        tensorboard = open_tensorboard(run_dir, cfg.tensorboard and distributed.is_main())
         ppo_loop(cfg, run_dir, device, problems, evals, tok, policy, value_head, optimizer,
                  adapter_params + head_params, cccs, rng, start, progress, tensorboard)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted {progress['where']} (last checkpoint: {progress['saved']}); continue with: "
                           f"python3 stepcoder.py --resume {run_dir}") from None
-    plot_run(run_dir)
-    tqdm.write(summary(run_dir, time.time() - started))
+    if distributed.is_main():
+        plot_run(run_dir)
+        tqdm.write(summary(run_dir, time.time() - started))
+    distributed.finish()
     return run_dir, policy, value_head
 
 
@@ -532,10 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(parse_config(argv))
     except (UsageError, curriculum.DataError) as e:
-        print(f"stepcoder: error: {e}", file=sys.stderr)
+        if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
+            print(f"stepcoder: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"stepcoder: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"stepcoder: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # before the run directory was chosen: nothing to continue
         print("stepcoder: interrupted", file=sys.stderr)
