@@ -230,7 +230,8 @@ def logprobs_before_update(policy, value_head, b_ids, b_attn, n_gen: int, miniba
     N = b_ids.shape[0]
     b_logprobs, b_ref_logprobs, b_entropy, b_values = (torch.zeros(N, n_gen, device=b_ids.device) for _ in range(4))
     for mb in minibatches:
-        b_logprobs[mb], b_entropy[mb], b_values[mb] = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)
+        outputs = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)
+        b_logprobs[mb], b_entropy[mb], b_values[mb] = outputs
         with policy.disable_adapter():
             b_ref_logprobs[mb] = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)[0]
     return b_logprobs, b_ref_logprobs, b_entropy, b_values
@@ -302,8 +303,8 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
     for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False, disable=not distributed.is_main()):
         for k in torch.randperm(len(minibatches)).tolist():
             mb = minibatches[k]
-            new_logprobs, _, new_values = logprobs_and_values(policy, value_head, batch["ids"][mb], batch["attn"][mb],
-                                                  batch["n_gen"], cfg.temperature)              # (B, G)
+            new_logprobs, _, new_values = logprobs_and_values(                                  # (B, G) each
+                policy, value_head, batch["ids"][mb], batch["attn"][mb], batch["n_gen"], cfg.temperature)
             pg_loss, _, approx_kl, clipfrac = policy_loss(                                      # Eq. 1, FGO's tokens
                 new_logprobs, batch["logprobs"][mb], batch["advantages"][mb], batch["fgo"][mb], cfg.clip_coef)
             vf_loss = value_loss(new_values, batch["values"][mb], batch["returns"][mb],       # PPO practice

@@ -175,6 +175,8 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
         assert sum(fractions.values()) == pytest.approx(1.0)
         assert row["reward_mean"] == pytest.approx(sum(f * stepcoder.sandbox.REWARDS[v] for v, f in fractions.items()))
     assert "step 2 | reward" in proc.stdout + proc.stderr  # the greppable line
+    assert "pass@1 at stage 0, step0 -> step2:" in proc.stdout  # the summary at the end
+    assert (run / "curves.png").stat().st_size > 1000  # the run's curves (matplotlib: requirements-dev)
     assert json.loads((run / "eval_step2.json").read_text())["train"]["overall"]["n"] == 12
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
