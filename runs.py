@@ -13,7 +13,6 @@ import json
 import random
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
