@@ -239,10 +239,11 @@ def test_coverage_reruns_of_a_program_take_one_timeout_at_most():
     # 3.11: each test gives up at line 4, which never runs; its coverage re-run, fully traced, takes ~0.8 s.
     code = "s = 0\nfor i in range(300_000):\n    s += i\n    if s < 0:\n        print('never')\nprint(s > 0)\n"
     start = time.monotonic()
-    r = run_tests(code, stdin_tests([""] * 5, ["True"] * 5), 1.0)
+    r = run_tests(code, stdin_tests([""] * 10, ["True"] * 10), 1.0)
     elapsed = time.monotonic() - start
-    assert r.status == "pass" and r.executed_lines == {1, 2, 3, 4, 6}
-    assert elapsed < sum(d.seconds for d in r.details) + 1.0 + 0.8, elapsed  # unbounded: ~5 x 0.8 s more
+    assert r.status == "pass" and (r.executed_lines == {1, 2, 3, 4, 6} or not r.coverage_complete)
+    # one timeout (1 s) of re-runs at most, plus 2 s of slack for a loaded host; unbounded: ~10 x 0.8 s more
+    assert elapsed < sum(d.seconds for d in r.details) + 1.0 + 2.0, elapsed
 
 
 def test_module_def_on_line_1_is_marked_for_a_call_based_program():
