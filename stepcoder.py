@@ -54,8 +54,8 @@ import curriculum
 import distributed
 import sandbox
 from config import Config, Interrupted, UsageError, is_tiny, parse_config
-from models import (FENCE, WARM_START_SAVE_EVERY, add_adapter, build_tiny, is_chat, load_base, quiet_libraries,
-                    save_tiny_base, warm_start)
+from models import (FENCE, WARM_START_SAVE_EVERY, add_adapter, build_tiny, is_chat, load_base, make_sampler, quiet_libraries,
+                    refresh_sampler, save_tiny_base, warm_start)
 from runs import (check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard, plot_run,
                   prepare_run_dir, save_checkpoint, show_rollout, summary)
 
@@ -102,11 +102,11 @@ def tokenize_prompts(tok, texts: list[str], device):
 # ---------------------------------------------------------------------------- 2. rollout ---
 
 @torch.no_grad()
-def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
+def generate(sampler, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
              batch_size: int, desc: str):
     """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,) as
     response_length counts them. A chat model stops at the closing fence (stop string)."""
-    policy.eval()
+    sampler.eval()
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
     if is_chat(tok):
         sampling.update(stop_strings=[FENCE], tokenizer=tok)
@@ -114,7 +114,7 @@ def generate(policy, tok, prompt_ids, prompt_mask, n_new: int, temperature: floa
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False, disable=not distributed.is_main()):
         ids, attention_mask = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
         ids, attention_mask, _ = drop_shared_padding(ids, attention_mask)
-        out = policy.generate(input_ids=ids, attention_mask=attention_mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
+        out = sampler.generate(input_ids=ids, attention_mask=attention_mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, cache_implementation="static", disable_compile=True,
                               **sampling)  # a preallocated KV cache: no copy of the cache per token
         resp = out[:, ids.shape[1]:]                                                 # (b, g)
@@ -210,14 +210,29 @@ def logprobs_and_values(policy, value_head, input_ids, attention_mask, n_gen: in
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  output_hidden_states=True, logits_to_keep=n_gen + 1, use_cache=False)
-    logits = out.logits[:, :-1].float() / temperature                               # (B, G, V)
-    logp_all = torch.log_softmax(logits, dim=-1)                                     # (B, G, V)
-    logprobs = logp_all.gather(-1, input_ids[:, -n_gen:, None]).squeeze(-1)         # (B, G)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)                               # (B, G)
+    logprobs, entropy = token_logprobs(out.logits[:, :-1], input_ids[:, -n_gen:], temperature)  # (B, G) each
     hidden = out.hidden_states[-1][:, -n_gen - 1:-1].float()                         # (B, G, H)
     values = value_head(hidden).squeeze(-1)                                          # (B, G)
     return tuple(nn.functional.pad(x, (0, n_pad)) for x in (logprobs, entropy, values))
+
+
+def token_logprobs(logits, tokens, temperature: float, chunk: int = 128):
+    """log softmax(logits / T) at `tokens`, and the entropy, `chunk` positions at a time: the float32
+    (B, chunk, V) copies exist one chunk at a time and the backward pass recomputes them (checkpoint),
+    instead of keeping (B, G, V) ones (2 GB for 1.3B's vocabulary at the defaults). logits (B, G, V)."""
+    def one_chunk(chunk_logits, chunk_tokens):
+        logp_all = torch.log_softmax(chunk_logits.float() / temperature, dim=-1)      # (B, c, V)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                       # (B, c)
+        return logp_all.gather(-1, chunk_tokens[..., None]).squeeze(-1), entropy       # (B, c) each
+    logprobs, entropy = [], []
+    for i in range(0, tokens.shape[1], chunk):
+        if torch.is_grad_enabled():
+            piece = torch.utils.checkpoint.checkpoint(one_chunk, logits[:, i:i + chunk], tokens[:, i:i + chunk], use_reentrant=False)
+        else:
+            piece = one_chunk(logits[:, i:i + chunk], tokens[:, i:i + chunk])
+        logprobs.append(piece[0])
+        entropy.append(piece[1])
+    return torch.cat(logprobs, 1), torch.cat(entropy, 1)
 
 
 @torch.no_grad()
@@ -324,13 +339,15 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
 
 # --------------------------------------------------------------------------- 8. the loop ---
 
-def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, value_head, optimizer, params, cccs,
-             rng, start: int, progress: dict, tensorboard) -> None:
-    """PPO steps start+1 .. cfg.steps, with the evaluations before and after. `progress` says where the
-    run is, for Ctrl-C's message."""
+def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, value_head, sampler, optimizer, params,
+             cccs, rng, start: int, progress: dict, tensorboard) -> None:
+    """PPO steps start+1 .. cfg.steps, with the evaluations before and after. `sampler` samples the rollouts:
+    the policy, or a plain copy holding its merged weights (models.py, departure 4). `progress` says where
+    the run is, for Ctrl-C's message."""
     if cfg.eval and start == 0 and distributed.is_main() and not (run_dir / "eval_step0.json").exists():
         progress["where"] = "during the evaluation before RL"
-        run_evaluation(policy, tok, evals, cfg, device, run_dir, 0)
+        refresh_sampler(sampler, policy)
+        run_evaluation(sampler, tok, evals, cfg, device, run_dir, 0)
 
     for step in range(start + 1, cfg.steps + 1):
         progress["where"] = f"at step {step}"
@@ -343,9 +360,10 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
         prompts = [fit_prompt(tok, p, prefix, cfg.max_prompt_tokens) for p, prefix in zip(batch, prefixes)]
         prompt_ids, prompt_mask = tokenize_prompts(tok, [text for text, _ in prompts], device)  # (N, P)
 
-        # 2. Rollout.
+        # 2. Rollout, sampled with the policy's current weights.
         t0 = time.time()
-        b_resp, b_len = generate(policy, tok, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
+        refresh_sampler(sampler, policy)
+        b_resp, b_len = generate(sampler, tok, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
                                  cfg.top_p, cfg.gen_batch_size, "generate")                   # (N, G), (N,)
         t_generate = time.time() - t0
         decoded = [decode_with_offsets(tok, row[:n]) for row, n in zip(b_resp.tolist(), b_len.tolist())]
@@ -435,7 +453,8 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
 
     if cfg.eval and cfg.steps > 0 and distributed.is_main():  # (--steps 0: the warm start alone, evaluated above)
         progress["where"] = f"during the evaluation at step {cfg.steps}"
-        run_evaluation(policy, tok, evals, cfg, device, run_dir, cfg.steps)
+        refresh_sampler(sampler, policy)
+        run_evaluation(sampler, tok, evals, cfg, device, run_dir, cfg.steps)
 
 
 def train(cfg: Config):
@@ -499,7 +518,8 @@ def train(cfg: Config):
         if distributed.is_main():
             keep_metrics_until(run_dir / "metrics.jsonl", start)
         tensorboard = open_tensorboard(run_dir, cfg.tensorboard and distributed.is_main())
-        ppo_loop(cfg, run_dir, device, problems, evals, tok, policy, value_head, optimizer,
+        sampler = make_sampler(policy, cfg)
+        ppo_loop(cfg, run_dir, device, problems, evals, tok, policy, value_head, sampler, optimizer,
                  adapter_params + head_params, cccs, rng, start, progress, tensorboard)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted {progress['where']} (last checkpoint: {progress['saved']}); continue with: "
@@ -513,7 +533,7 @@ def train(cfg: Config):
 
 # ------------------------------- evaluation (not the method: pass@1 before and after RL) ---
 
-def run_evaluation(policy, tok, evals: dict, cfg: Config, device, run_dir: Path, step: int) -> None:
+def run_evaluation(sampler, tok, evals: dict, cfg: Config, device, run_dir: Path, step: int) -> None:
     """pass@1 at stage 0 on each problem set (held-out ones greedily only), into eval_step<N>.json. Its
     own RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one
     without, and all evaluations share their random numbers (a change is the model's, not the draw's)."""
@@ -522,11 +542,11 @@ def run_evaluation(policy, tok, evals: dict, cfg: Config, device, run_dir: Path,
         torch.manual_seed(0)
         for split, problems in evals.items():
             settings = cfg if split == "train" else replace(cfg, eval_temperature=0.0)
-            report[split] = evaluate(policy, tok, problems, settings, device, f"step {step}, {split}")
+            report[split] = evaluate(sampler, tok, problems, settings, device, f"step {step}, {split}")
     (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
 
 
-def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict:
+def evaluate(sampler, tok, problems: list, cfg: Config, device, tag: str) -> dict:
     """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
@@ -538,7 +558,7 @@ def evaluate(policy, tok, problems: list, cfg: Config, device, tag: str) -> dict
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
     table: dict[str, dict[str, list[float]]] = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # -> run -> rewards
     for key, temperature, n in runs:
-        resp, lengths = generate(policy, tok, ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens,
+        resp, lengths = generate(sampler, tok, ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
         programs = [program_text(tok.decode(r[:k], skip_special_tokens=True), tok)
                     for r, k in zip(resp.tolist(), lengths.tolist())]

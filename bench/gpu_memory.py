@@ -3,7 +3,8 @@
     python3 bench/gpu_memory.py --arch both            # on a CUDA GPU: 1.3B, then 6.7B if it fits
     python3 bench/gpu_memory.py --scaled               # on a CPU: a scaled-down model, proves the path
     python3 bench/gpu_memory.py --arch 1.3b --emulate-24gb     # cap the process at 24 GiB: fits or OOM
-    python3 bench/gpu_memory.py --arch 6.7b --json out.json --trainer-args="--gradient-checkpointing"
+    python3 bench/gpu_memory.py --arch 6.7b --json out.json --trainer-args="--sampler policy"
+    python3 bench/gpu_memory.py --budget                        # the memory of each phase on paper, no GPU
 
 What it does: builds the DeepSeek-Coder architecture from its published config (LlamaForCausalLM)
 with random weights, no download, saves it (bf16) with a byte-level BPE tokenizer of the same
@@ -88,6 +89,56 @@ def build_tokenizer(problems: list, vocab_size: int):
     return tok
 
 
+def budget(arch: str, cfg, prompt_tokens: int) -> dict:
+    """GiB of each phase of a PPO step, on paper, from the architecture and the trainer's settings.
+    Weights: 4-bit linears at 0.5 byte per weight (+ ~3% quantisation constants), embeddings and head in
+    bf16; LoRA weights, gradients and AdamW moments in float32. Generation: the static KV cache of
+    gen_batch_size rows of prompt + max_new_tokens (2 x layers x hidden x 2 bytes a token). The update,
+    per minibatch of prompt + max_new_tokens tokens: the activations autograd keeps, about 2 x (6 hidden +
+    4 intermediate) bytes a token and layer (norm inputs, q, k, v, attention output; gate, up, SiLU,
+    product), or with gradient checkpointing each layer's input plus one layer's; the logits in bf16 plus
+    their float32 log-softmax copies: three (B, G, V) of them in one pass, one chunk's with token_logprobs."""
+    d = {**COMMON, **ARCHS[arch]}
+    h, inter, layers, vocab = d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"], d["vocab_size"]
+    linear = layers * (4 * h * h + 3 * h * inter)
+    embeddings = 2 * vocab * h
+    dims = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h), "gate_proj": (h, inter),
+            "up_proj": (h, inter), "down_proj": (inter, h)}
+    lora = layers * cfg.lora_r * sum(sum(dims[t]) for t in cfg.lora_targets.split(",") if t in dims)
+    tokens = prompt_tokens + cfg.max_new_tokens
+    per_layer_token = 2 * (6 * h + 4 * inter)
+    activations = cfg.minibatch_size * tokens * (layers * 2 * h + per_layer_token) if cfg.gradient_checkpointing \
+        else cfg.minibatch_size * tokens * layers * per_layer_token
+    logits = cfg.minibatch_size * cfg.max_new_tokens * vocab * 2
+    logit_copies = cfg.minibatch_size * min(128, cfg.max_new_tokens) * vocab * 4 * 3  # one chunk's float32 copies
+    row = {"weights (4-bit base)": linear * 0.5 * 1.03 + embeddings * 2, "LoRA + grads + AdamW": lora * 4 * 4,
+           "merged sampler (bf16 copy)": (linear + embeddings) * 2 if cfg.sampler == "merged" else 0.0,
+           "generate: KV cache": 2 * layers * h * 2 * cfg.gen_batch_size * tokens,
+           "update: activations": activations, "update: logits": logits + 2 * logits + logit_copies}
+    row = {k: v / GIB for k, v in row.items()}
+    fixed = row["weights (4-bit base)"] + row["LoRA + grads + AdamW"] + row["merged sampler (bf16 copy)"]
+    row["peak (fixed + the larger phase)"] = fixed + max(row["generate: KV cache"], row["update: activations"] + row["update: logits"])
+    return row
+
+
+def sampler_gap(policy, cfg, tok, problems: list, device) -> float:
+    """Mean |log p_sampler - log p_train| per generated token: 8 rollouts sampled by the merged sampler at the
+    rollout's settings, scored by both models (the trainer's PPO ratio uses the training forward's)."""
+    sampler = stepcoder.make_sampler(policy, cfg)
+    stepcoder.refresh_sampler(sampler, policy)
+    prompts = [stepcoder.fit_prompt(tok, p, "", cfg.max_prompt_tokens)[0] for p in problems[:8]]
+    ids, mask = stepcoder.tokenize_prompts(tok, prompts, device)
+    resp, lengths = stepcoder.generate(sampler, tok, ids, mask, cfg.max_new_tokens, cfg.temperature, cfg.top_p, 8, "gap")
+    resp_mask = (torch.arange(resp.shape[1], device=device)[None] < lengths[:, None]).long()
+    full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1)
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1, device=device)
+    with torch.no_grad():
+        train = stepcoder.logprobs_and_values(policy, value_head, full, full_mask, resp.shape[1], cfg.temperature)[0]
+        sampled = stepcoder.logprobs_and_values(sampler, value_head, full, full_mask, resp.shape[1], cfg.temperature)[0]
+    del sampler
+    return (((train - sampled).abs() * resp_mask).sum() / resp_mask.sum()).item()
+
+
 def measure(arch: str, args, out_root: str) -> dict:
     """Save the random model + tokenizer, run the trainer, read back memory and speed."""
     from transformers import LlamaForCausalLM
@@ -112,7 +163,8 @@ def measure(arch: str, args, out_root: str) -> dict:
     row = dict(arch=arch + (" (scaled)" if scaled else ""), device=torch.cuda.get_device_name() if cuda else "cpu",
                params=n_params, max_new_tokens=max_new, max_prompt_tokens=max(prompt_lens), trainer_argv=argv)
     row.update(rollouts=cfg.problems_per_step * cfg.samples_per_problem, gen_batch_size=cfg.gen_batch_size,
-               minibatch_size=cfg.minibatch_size)
+               minibatch_size=cfg.minibatch_size, sampler=cfg.sampler, gradient_checkpointing=cfg.gradient_checkpointing,
+               budget_gib=budget(arch, cfg, max(prompt_lens)))
     peaks = {"generate": [0.0, 0.0], "other": [0.0, 0.0]}  # GiB allocated, reserved: rollouts vs the rest
     def read_peaks(phase):  # the peak since the last read goes to `phase`; then reset the counters
         for i, peak in enumerate((torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())):
@@ -134,6 +186,8 @@ def measure(arch: str, args, out_root: str) -> dict:
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="OOM", error=str(e).splitlines()[0])
     else:
+        if cfg.sampler == "merged":
+            row["sampler_logp_gap"] = sampler_gap(policy, cfg, tok, problems, policy.device)
         del policy, value_head
         steps = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
         warm = steps[1:] or steps  # the first step pays for warm-up (kernels, allocator)
@@ -155,6 +209,24 @@ def measure(arch: str, args, out_root: str) -> dict:
     return row
 
 
+BUDGET_SETTINGS = {  # label: (architecture, trainer flags)
+    "1.3B, before (policy samples, 2 x 16, no checkpointing)": ("1.3b", ["--sampler", "policy", "--gen-batch-size", "16", "--no-gradient-checkpointing"]),
+    "1.3B, defaults (merged sampler, 1 x 32, checkpointing)": ("1.3b", []),
+    "6.7B, defaults": ("6.7b", []),
+    "6.7B, policy samples, 4 x 8": ("6.7b", ["--sampler", "policy", "--gen-batch-size", "8"]),
+}
+
+
+def print_budget(prompt_tokens: int) -> None:
+    rows = {label: budget(arch, stepcoder.parse_config(["--model", "deepseek-coder-1.3b", *flags]), prompt_tokens)
+            for label, (arch, flags) in BUDGET_SETTINGS.items()}
+    print(f"GiB on paper, prompt {prompt_tokens} + 1024 new tokens, minibatch 4 (bench/gpu_memory.py budget()):")
+    print(f"| {'':<38} | " + " | ".join(label for label in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for key in next(iter(rows.values())):
+        print(f"| {key:<38} | " + " | ".join(f"{row[key]:.2f}" for row in rows.values()) + " |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["1.3b", "6.7b", "both"], default="1.3b")
@@ -166,7 +238,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="", help="write the rows here")
     ap.add_argument("--emulate-24gb", action="store_true",
                     help="cap this process at 24 GiB of the GPU (torch.cuda.set_per_process_memory_fraction)")
+    ap.add_argument("--budget", action="store_true", help="print the memory budget on paper (no model is built) and stop")
+    ap.add_argument("--prompt-tokens", type=int, default=400, help="prompt length the budget assumes (the bundled problems: <= 330 in this tokenizer)")
     args = ap.parse_args(argv)
+    if args.budget:
+        print_budget(args.prompt_tokens)
+        return 0
     if args.steps < 1 or args.max_new_tokens < 0:
         ap.error("--steps must be >= 1 and --max-new-tokens >= 0 (0: the default)")
     if args.emulate_24gb and torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """Is the default tiny run under 10 minutes, and what do the trainer's speed-ups buy? (CPU)
 
-    python3 bench/tiny_speed.py          # the three speed-ups, each against its baseline, ~3 min
-    python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, 11-13 min
+    python3 bench/tiny_speed.py          # the five speed-ups, each against its baseline, ~4 min
+    python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, twice: 20-25 min
 
 Measured in the same run, with the tiny model (random weights: every sample runs to the limit):
   1. generate: a preallocated ("static") KV cache against transformers' default dynamic cache, which
@@ -14,8 +14,12 @@ Measured in the same run, with the tiny model (random weights: every sample runs
      rollouts, one 160 tokens long, the others 20-100 (as in the default run's steps), minibatches
      of 8 in random order: the no-grad pass (old log-probs, reference) and the update's
      forward + backward. Both must give the same log-probs.
-  4. --full: the wall time of the default command against the 600 s target (> 1: under it), and
-     the pass@1 lines it printed.
+  4. log-probs and entropy of the update's forward + backward in chunks of positions, recomputed in
+     the backward pass (the trainer: less memory), against one log_softmax over all positions.
+  5. generate from the merged sampler (a plain copy holding base + LoRA merged) against the policy's
+     LoRA layers: 32 prompts, greedy; both must decode the same tokens.
+  6. --full: the default command against the same with --sampler policy, and against the 600 s target
+     (> 1: under it), with the pass@1 lines each printed.
 Ratios > 1 mean the trainer's way is faster. Timings: the median of 3 repeats, alternating.
 """
 import argparse, os, random, statistics, subprocess, sys, tempfile, time
@@ -103,15 +107,56 @@ def main():
     print(f"PPO forwards, 32 rollouts (mean length {lengths.float().mean():.0f}, longest {G}): padding kept "
           f"{t_keep:.2f} s, dropped {t_drop:.2f} s, ratio {t_keep / t_drop:.2f}x")
 
-    # 4. The default command end to end.
+    # 4. log-probs and entropy: in chunks with the backward pass recomputing them (the trainer) against
+    #    one log_softmax over all positions (baseline), in the update's forward + backward.
+    def one_pass(logits, tokens, temperature, chunk=None):
+        logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp_all.gather(-1, tokens[..., None]).squeeze(-1), entropy
+    def update_passes(token_logprobs):
+        original = stepcoder.token_logprobs
+        stepcoder.token_logprobs = token_logprobs
+        try:
+            for mb in order:
+                logprobs, _, _ = stepcoder.logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], G, 0.5)
+                logprobs.sum().backward()
+            return logprobs.detach()
+        finally:
+            stepcoder.token_logprobs = original
+    t_one, t_chunks, lp_one, lp_chunks = compare(lambda: update_passes(one_pass), lambda: update_passes(stepcoder.token_logprobs))
+    assert torch.allclose(lp_one, lp_chunks, atol=1e-5), "log-probs in chunks differ from one pass"
+    print(f"update forward + backward, log-probs: one pass {t_one:.2f} s, in chunks with recompute {t_chunks:.2f} s, "
+          f"ratio {t_one / t_chunks:.2f}x (the chunks save memory: (B, G, V) float32 copies on a GPU)")
+
+    # 5. Sampling from the merged copy (--sampler merged, the default) against the policy's LoRA layers
+    #    (--sampler policy): 32 prompts, greedy, the adapter given non-zero weights. Same tokens required.
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    sampler = stepcoder.make_sampler(policy, cfg)
+    stepcoder.refresh_sampler(sampler, policy)
+    def gen_with(model):
+        return stepcoder.generate(model, tok, ids, am, cfg.max_new_tokens, 0.0, 1.0, cfg.gen_batch_size, "greedy")[0]
+    t_policy, t_merged, r_policy, r_merged = compare(lambda: gen_with(policy), lambda: gen_with(sampler))
+    assert torch.equal(r_policy, r_merged), "the merged sampler decoded other tokens than the policy"
+    print(f"generate 32 x {r_merged.shape[1]} tokens (greedy): policy (LoRA layers) {t_policy:.2f} s, merged sampler "
+          f"{t_merged:.2f} s, ratio {t_policy / t_merged:.2f}x")
+
+    # 6. The default command end to end, against the same command sampling from the policy (the old path).
     if args.full:
-        with tempfile.TemporaryDirectory() as out:
-            t0 = time.perf_counter()
-            run = subprocess.run([sys.executable, os.path.join(ROOT, "stepcoder.py"), "--model", "tiny", "--out", out],
-                                 check=True, cwd=ROOT, capture_output=True, text=True)
-            seconds = time.perf_counter() - t0
-        print(*[line for line in run.stdout.splitlines() if line.startswith("pass@1")], sep="\n")
-        print(f"python3 stepcoder.py --model tiny: {seconds / 60:.1f} min, target 10 min, ratio {600 / seconds:.2f}x")
+        seconds = {}
+        for label, extra in (("--sampler policy", ["--sampler", "policy"]), ("default", [])):
+            with tempfile.TemporaryDirectory() as out:
+                t0 = time.perf_counter()
+                run = subprocess.run([sys.executable, os.path.join(ROOT, "stepcoder.py"), "--model", "tiny", "--out", out, *extra],
+                                     check=True, cwd=ROOT, capture_output=True, text=True)
+                seconds[label] = time.perf_counter() - t0
+            print(f"python3 stepcoder.py --model tiny {label if extra else ''}: {seconds[label] / 60:.1f} min")
+            print(*[line[:90] for line in run.stdout.splitlines() if line.startswith("pass@1")], sep="\n")
+        print(f"default against --sampler policy: ratio {seconds['--sampler policy'] / seconds['default']:.2f}x; "
+              f"against the 10-minute target: {600 / seconds['default']:.2f}x")
 
 
 if __name__ == "__main__":

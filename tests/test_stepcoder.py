@@ -84,6 +84,53 @@ def test_fgo_mask_drops_tokens_cut_off_the_program():
 
 # -------------------------------------------------------------- the trainer, tiny model ---
 
+def test_log_probs_in_chunks_equal_one_pass_with_their_gradients():
+    # token_logprobs keeps one chunk's float32 copies at a time and recomputes them in the backward pass:
+    # the log-probs, the entropy and the gradient must be those of one log_softmax over everything
+    torch.manual_seed(0)
+    logits = torch.randn(3, 70, 50, requires_grad=True)                             # (B, G, V)
+    tokens = torch.randint(0, 50, (3, 70))
+    logprobs, entropy = stepcoder.token_logprobs(logits, tokens, 0.7, chunk=16)     # 70 = 4 x 16 + 6
+    (logprobs * torch.arange(70)).sum().backward()
+    chunked_grad, logits.grad = logits.grad, None
+    logp_all = torch.log_softmax(logits / 0.7, dim=-1)
+    expected = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * torch.arange(70)).sum().backward()
+    assert torch.allclose(logprobs, expected, atol=1e-6)
+    assert torch.allclose(entropy, -(logp_all.exp() * logp_all).sum(-1), atol=1e-6)
+    assert torch.allclose(chunked_grad, logits.grad, atol=1e-6)
+    with torch.no_grad():  # the path without gradients (old log-probs, reference): no checkpoint
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(stepcoder.token_logprobs(logits, tokens, 0.7, chunk=16),
+                                                                     (logprobs, entropy)))
+
+
+def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_path, monkeypatch):
+    # --sampler merged (the default) samples from a plain copy with the adapter merged in: at every
+    # rollout and evaluation it must give the policy's next-token distribution (float rounding apart),
+    # also after the updates have changed the adapter; --sampler policy samples from the policy itself
+    gaps, generate = [], stepcoder.generate
+    def checking(sampler, tok, ids, am, *args):
+        with torch.no_grad():
+            policy.eval()
+            probe = dict(input_ids=ids[:2], attention_mask=am[:2])
+            gaps.append((sampler is policy, (sampler(**probe).logits[:, -1] - policy(**probe).logits[:, -1]).abs().max().item()))
+        return generate(sampler, tok, ids, am, *args)
+    make_sampler = stepcoder.make_sampler
+    def remember(policy_model, config):  # the test reads the policy the trainer builds
+        global policy
+        policy = policy_model
+        return make_sampler(policy_model, config)
+    monkeypatch.setattr(stepcoder, "generate", checking)
+    monkeypatch.setattr(stepcoder, "make_sampler", remember)
+    for sampler_flag in ("merged", "policy"):
+        gaps.clear()
+        stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "3", "--lr", "1e-2", "--sampler", sampler_flag,
+                                                         "--out", str(tmp_path / sampler_flag))))
+        assert len(gaps) == 3 + 4  # 3 rollouts; 2 evaluations x (greedy, sampled) (--test-data is --data here)
+        assert all(is_policy == (sampler_flag == "policy") for is_policy, _ in gaps)
+        assert max(gap for _, gap in gaps) < 1e-4, gaps
+
+
 def test_ratio_is_one_on_the_first_minibatch(tmp_path):
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
     cfg = stepcoder.Config(model="tiny", lora_r=4)
