@@ -28,7 +28,7 @@ class Config:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names that get adapters (Llama family)"})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: the update's activations shrink from about 13 GB to 1 GB for 1.3B (~30%% slower update; tiny: off)"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: the update's activations shrink from about 9 GiB to 1 GiB for 1.3B on paper (bench/gpu_memory.py --budget; ~30%% slower update; tiny: off)"})
     sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower)"})
     # --- data and run --------------------------------------------------------------------
     data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS layout)"})

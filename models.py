@@ -212,14 +212,12 @@ def refresh_sampler(sampler, policy) -> None:
     for name, param in sampler.named_parameters():
         module_name, attribute = name.rpartition(".")[::2]
         source = trained[module_name]
-        if isinstance(source, LoraLayer):  # W + scale * B A of the active adapter
-            weight = dequantize_bnb_weight(source.base_layer.weight) if hasattr(source.base_layer.weight, "quant_state") \
-                else source.base_layer.weight
+        adapted = isinstance(source, LoraLayer)
+        weight = getattr(source.base_layer if adapted else source, attribute)
+        if hasattr(weight, "quant_state"):  # 4-bit NF4
+            weight = dequantize_bnb_weight(weight)
+        if adapted:  # W + scale * B A of the active adapter
             weight = weight + source.get_delta_weight(policy.active_adapter)
-        else:
-            weight = getattr(source, attribute)
-            if hasattr(weight, "quant_state"):  # a 4-bit layer without an adapter
-                weight = dequantize_bnb_weight(weight)
         param.copy_(weight)
 
 

@@ -219,7 +219,7 @@ def logprobs_and_values(policy, value_head, input_ids, attention_mask, n_gen: in
 def token_logprobs(logits, tokens, temperature: float, chunk: int = 128):
     """log softmax(logits / T) at `tokens`, and the entropy, `chunk` positions at a time: the float32
     (B, chunk, V) copies exist one chunk at a time and the backward pass recomputes them (checkpoint),
-    instead of keeping (B, G, V) ones (2 GB for 1.3B's vocabulary at the defaults). logits (B, G, V)."""
+    instead of keeping (B, G, V) ones (1.6 GB for 1.3B at the defaults, on paper). logits (B, G, V)."""
     def one_chunk(chunk_logits, chunk_tokens):
         logp_all = torch.log_softmax(chunk_logits.float() / temperature, dim=-1)      # (B, c, V)
         entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                       # (B, c)
@@ -341,8 +341,8 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
 
 def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, value_head, sampler, optimizer, params,
              cccs, rng, start: int, progress: dict, tensorboard) -> None:
-    """PPO steps start+1 .. cfg.steps, with the evaluations before and after. `sampler` samples the rollouts:
-    the policy, or a plain copy holding its merged weights (models.py, departure 4). `progress` says where
+    """PPO steps start+1 .. cfg.steps, with the evaluations before and after. `sampler` samples the rollouts and
+    evaluations: the policy, or a plain copy holding its merged weights (models.py, departure 4). `progress` says where
     the run is, for Ctrl-C's message."""
     if cfg.eval and start == 0 and distributed.is_main() and not (run_dir / "eval_step0.json").exists():
         progress["where"] = "during the evaluation before RL"

@@ -108,8 +108,9 @@ def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_pa
     # --sampler merged (the default) samples from a plain copy with the adapter merged in: at every
     # rollout and evaluation it must give the policy's next-token distribution (float rounding apart),
     # also after the updates have changed the adapter; --sampler policy samples from the policy itself
-    gaps, generate = [], stepcoder.generate
+    gaps, generate, built = [], stepcoder.generate, {}
     def checking(sampler, tok, ids, am, *args):
+        policy = built["policy"]
         with torch.no_grad():
             policy.eval()
             probe = dict(input_ids=ids[:2], attention_mask=am[:2])
@@ -117,8 +118,7 @@ def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_pa
         return generate(sampler, tok, ids, am, *args)
     make_sampler = stepcoder.make_sampler
     def remember(policy_model, config):  # the test reads the policy the trainer builds
-        global policy
-        policy = policy_model
+        built["policy"] = policy_model
         return make_sampler(policy_model, config)
     monkeypatch.setattr(stepcoder, "generate", checking)
     monkeypatch.setattr(stepcoder, "make_sampler", remember)
