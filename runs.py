@@ -178,6 +178,8 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
         lines.append(f"pass@1 at stage 0, {evaluations[0].stem.removeprefix('eval_')} -> {evaluations[-1].stem.removeprefix('eval_')}:")
         for split, table in last.items():
             for difficulty, after in table.items():
+                if difficulty == "problems":  # each problem's pass rates, for bench/ablations.py
+                    continue
                 before = first.get(split, {}).get(difficulty, {}).get("pass@1", float("nan"))
                 lines.append(f"  {split:5s} {difficulty:12s} {before:.3f} -> {after['pass@1']:.3f} "
                              f"(greedy {first.get(split, {}).get(difficulty, {}).get('greedy', float('nan')):.3f} -> "

@@ -557,6 +557,7 @@ def evaluate(sampler, tok, problems: list, cfg: Config, device, tag: str) -> dic
     ids, attention_mask = tokenize_prompts(tok, [prompts[i] for i in order], device)
     runs = [("greedy", 0.0, 1)] + [("pass@1", cfg.eval_temperature, cfg.eval_samples)] * (cfg.eval_temperature > 0)
     table: dict[str, dict[str, list[float]]] = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # -> run -> rewards
+    solved: dict[str, dict[str, float]] = {str(p.problem_id): {} for p in problems}  # problem -> run -> pass rate
     for key, temperature, n in runs:
         resp, lengths = generate(sampler, tok, ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens,
                                  temperature, cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
@@ -566,12 +567,14 @@ def evaluate(sampler, tok, problems: list, cfg: Config, device, tag: str) -> dic
         for p, r in zip(samples, sandbox_results(programs, samples, cfg)):
             for d in (p.difficulty, "overall"):
                 table[d].setdefault(key, []).append(r.reward)
+            solved[str(p.problem_id)][key] = solved[str(p.problem_id)].get(key, 0.0) + (r.reward == 1.0) / n
     rate = lambda rewards: sum(r == 1.0 for r in rewards) / len(rewards)
     mean = lambda rewards: sum(rewards) / len(rewards)
     report = {d: {"pass@1": rate(c.get("pass@1", c["greedy"])), "reward": mean(c.get("pass@1", c["greedy"])),
                   "greedy": rate(c["greedy"]), "n": len(c["greedy"])} for d, c in table.items() if c}
+    report["problems"] = solved  # which problems pass (bench/ablations.py: those the warm start never solves)
     tqdm.write(f"pass@1 ({tag})  " + "  ".join(f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward "
-                                               f"{v['reward']:+.3f}, n={v['n']})" for d, v in report.items()))
+                                               f"{v['reward']:+.3f}, n={v['n']})" for d, v in report.items() if d != "problems"))
     return report
 
 # -------------------------------------------------------------------------- command line ---

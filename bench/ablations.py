@@ -4,15 +4,18 @@
     python3 bench/ablations.py --seeds 0 --steps 10  # a quick look
     python3 bench/ablations.py --settings stepcoder --eval-every 10 --out runs/curve  # pass@1 every 10 steps
     python3 bench/ablations.py --eval-every 10 --continue   # after an interruption: only the unfinished runs
+    python3 bench/ablations.py --data data/family/train.json --test-data data/family/test.json --out runs/ablations-family
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
 reference policy is that SFT model, as with `--model tiny`), as the paper's runs start from one
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
-per problem at the rollout temperature, and greedy) and the same samples' mean reward, mean and
-spread (min..max) over seeds; the rollout reward / pass-rate curves, and pass@1 and reward at the
-evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
+per problem at the rollout temperature, and greedy) and the same samples' mean reward; greedy
+pass@1 on the held-out problems (--test-data); pass@1 after RL on the train problems the warm
+start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
+and spread (min..max) over seeds, with each run's minutes; the rollout reward / pass-rate curves,
+and pass@1 and reward at the evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
 from the first, seed by seed (a seed draws the same problems in every setting); records the host
 (CPU, torch's kernel level, versions: they change the float rounding, hence the runs) in
 OUT/hosts.jsonl. Another `--sft-seed` repeats it all from another warm-started model.
@@ -23,6 +26,7 @@ import math
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +43,12 @@ def tiny_flags(steps: int) -> list[str]:
     flags = []
     for k, v in {**config.TINY_DEFAULTS, "steps": steps}.items():
         if k not in ("sft_steps", "sft_lr", "eval"):
-            flags += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
+            flag = k.replace("_", "-")
+            flags += [f"--{flag}"] if v is True else [f"--no-{flag}"] if v is False else [f"--{flag}", str(v)]
     return flags
 
 
-def plot(results: dict, seeds: list, png: str) -> None:
+def plot(results: dict, seeds: list, png: str, data: str) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -70,7 +75,7 @@ def plot(results: dict, seeds: list, png: str) -> None:
                         yerr=[[m - min(y) for m, y in zip(mean, ys)], [max(y) - m for m, y in zip(mean, ys)]])
         ax.set(xlabel="PPO step", title=f"evaluation: {label}, stage 0 (bars: seeds' min..max)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(results))
-    fig.suptitle(f"tiny model, bundled train problems: mean over seeds {seeds}, 5-step moving average\n"
+    fig.suptitle(f"tiny model, train problems of {data}: mean over seeds {seeds}, 5-step moving average\n"
                  "(with CCCS the rollouts carry canonical prefixes: its curves are not comparable with the others')")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     Path(png).parent.mkdir(parents=True, exist_ok=True)
@@ -86,24 +91,32 @@ def table(results: dict) -> None:
     def first_last(runs, key):  # mean over seeds of the first 5 and the last 5 steps' values
         ends = [[x for x in r[key] if x is not None] or [math.nan] for r in runs]
         return f"{statistics.mean(statistics.mean(e[:5]) for e in ends):+.3f} -> {statistics.mean(statistics.mean(e[-5:]) for e in ends):+.3f}"
+    def before_after(runs, before, after):
+        return f"{cell([r[before] for r in runs])} -> {cell([r[after] for r in runs])}, " \
+               f"{cell([r[after] - r[before] for r in runs], '+.3f')}"
     print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
-          "change | evaluation reward: before -> after | rollout reward, first 5 -> last 5 steps | stage-0 rollouts' reward |")
-    print("|---|---|---|---|---|---|---|---|")
+          "change | held-out, greedy: before -> after, change | never solved by the warm start: pass@1 after | "
+          "evaluation reward: before -> after | rollout reward, first 5 -> last 5 steps | stage-0 rollouts' reward | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        greedy = f"{cell([r['greedy_before'] for r in runs])} -> {cell([r['greedy_after'] for r in runs])}, " \
-                 f"{statistics.mean(r['greedy_after'] - r['greedy_before'] for r in runs):+.3f}"
+        unsolved = f"{cell([r['unsolved_after'] for r in runs])} (n={runs[0]['unsolved_n']})" if runs[0].get("unsolved_n") else "-"
+        held_out = before_after(runs, "test_greedy_before", "test_greedy_after") if "test_greedy_after" in runs[0] else "-"
+        minutes = cell([r["minutes"] for r in runs], ".1f") if "minutes" in runs[0] else "-"
         print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
-              f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {greedy} | "
+              f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {before_after(runs, 'greedy_before', 'greedy_after')} | "
+              f"{held_out} | {unsolved} | "
               f"{cell([r['eval_reward'][0][1] for r in runs], '+.3f')} -> {cell([r['eval_reward'][-1][1] for r in runs], '+.3f')} | "
-              f"{first_last(runs, 'reward')} | "
-              f"{first_last(runs, 'reward_stage0')} |")
+              f"{first_last(runs, 'reward')} | {first_last(runs, 'reward_stage0')} | {minutes} |")
     # A seed draws the same problems in every setting: compare the settings seed by seed too.
     (first, base), *others = results.items()
     for name, runs in others:
-        diffs = [a["after"] - b["after"] for a, b in zip(base, runs) if a["seed"] == b["seed"]]
-        if diffs:
-            print(f"{first} minus {name}, pass@1 after RL, same seeds: {statistics.mean(diffs):+.3f} "
-                  f"({min(diffs):+.3f}..{max(diffs):+.3f}, {len(diffs)} seeds)")
+        for key, label in (("after", "pass@1 after RL"), ("test_greedy_after", "held-out greedy pass@1 after RL"),
+                           ("unsolved_after", "pass@1 after RL on the never-solved")):
+            diffs = [a[key] - b[key] for a, b in zip(base, runs) if a["seed"] == b["seed"] and key in a and key in b
+                     and not math.isnan(a[key] - b[key])]
+            if diffs:
+                print(f"{first} minus {name}, {label}, same seeds: {statistics.mean(diffs):+.3f} "
+                      f"({min(diffs):+.3f}..{max(diffs):+.3f}, {len(diffs)} seeds)")
 
 
 def host() -> dict:
@@ -122,6 +135,8 @@ def main() -> int:
     ap.add_argument("--sft-seed", type=int, default=0, help="seed of the one warm start")
     ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")
+    ap.add_argument("--data", default=str(ROOT / "data" / "train.json"), help="training problems (the family: data/family/train.json)")
+    ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
@@ -130,9 +145,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.replot:
         results = json.loads((Path(args.out) / "results.json").read_text())
-        table(results), plot(results, [r["seed"] for r in next(iter(results.values()))], args.png)
+        table(results), plot(results, [r["seed"] for r in next(iter(results.values()))], args.png, args.data)
         return 0
-    out, data = Path(args.out), str(ROOT / "data" / "train.json")
+    out, data, test_data = Path(args.out), args.data, args.test_data
     if not args.cont:
         shutil.rmtree(out, ignore_errors=True)
     results = {SLUGS[slug]: [] for slug in args.settings}
@@ -143,34 +158,47 @@ def main() -> int:
     if not (sft / "eval_step0.json").exists():
         shutil.rmtree(sft, ignore_errors=True)
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
-                                                "--test-data", data, "--data", data, "--out", str(sft)]))
-    before = json.loads((sft / "eval_step0.json").read_text())["train"]["overall"]
+                                                "--test-data", test_data, "--data", data, "--out", str(sft)]))
+    warm = json.loads((sft / "eval_step0.json").read_text())
+    before = warm["train"]["overall"]
+    # the train problems the warm start never solves at stage 0 (no sample passes, nor greedy decoding)
+    unsolved = [pid for pid, rates in warm["train"].get("problems", {}).items() if max(rates.values()) == 0]
     for seed in args.seeds:
         for slug in args.settings:
             name, run = SLUGS[slug], out / f"{slug}-seed{seed}"
             stops = [*range(args.eval_every or args.steps, args.steps, args.eval_every or args.steps), args.steps]
             if not (run / f"eval_step{args.steps}.json").exists():  # else finished (kept by --continue)
                 shutil.rmtree(run, ignore_errors=True)
+                started = time.time()
                 stepcoder.train(stepcoder.parse_config(["--model", str(sft / "base"), *tiny_flags(stops[0]), "--seed", str(seed),
-                                                        "--test-data", data, "--data", data, "--out", str(run), *SETTINGS[name]]))
+                                                        "--no-eval", "--test-data", test_data, "--data", data, "--out", str(run),
+                                                        *SETTINGS[name]]))
                 # evaluated after RL only (before RL it is the warm start, evaluated above): resumes, the
                 # first with no steps left, each evaluating at its end. Evaluation has its own RNG and a
                 # resumed run continues exactly, so this equals one run evaluating at each stop.
                 for stop in stops:
                     stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval"]))
-            evals = [json.loads((run / f"eval_step{stop}.json").read_text())["train"]["overall"] for stop in stops]
-            after = evals[-1]
+                (run / "minutes.json").write_text(json.dumps({"minutes": (time.time() - started) / 60, "host": host()}))
+            reports = [json.loads((run / f"eval_step{stop}.json").read_text()) for stop in stops]
+            evals = [report["train"]["overall"] for report in reports]
+            after, last = evals[-1], reports[-1]
             curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             results[name].append({"seed": seed, "before": before["pass@1"], "after": after["pass@1"],
                                   "pass_at_1": [[0, before["pass@1"]]] + [[t, e["pass@1"]] for t, e in zip(stops, evals)],
                                   "eval_reward": [[0, before["reward"]]] + [[t, e["reward"]] for t, e in zip(stops, evals)],
                                   "greedy_before": before["greedy"], "greedy_after": after["greedy"],
+                                  "test_greedy_before": warm["test"]["overall"]["greedy"],
+                                  "test_greedy_after": last["test"]["overall"]["greedy"],
+                                  "unsolved_n": len(unsolved), "unsolved_after": statistics.mean(
+                                      [last["train"]["problems"][pid]["pass@1"] for pid in unsolved] or [math.nan]),
                                   "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
                                   "reward_stage0": [r["reward_stage0"] for r in curve],
                                   "stage0": [r["stage_hist"].get("0", 0) / sum(r["stage_hist"].values()) for r in curve]})
+            if (run / "minutes.json").exists():
+                results[name][-1]["minutes"] = json.loads((run / "minutes.json").read_text())["minutes"]
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    table(results), plot(results, args.seeds, args.png)
+    table(results), plot(results, args.seeds, args.png, data)
     return 0
 
 

@@ -1,6 +1,7 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -239,13 +240,22 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
         calls.append((args[-1], temperature, len(ids)))
         return generate(policy, tok, ids, am, n_new, temperature, *args)
     monkeypatch.setattr(stepcoder, "generate", counting)
+    def every_third_passes(programs, problems, cfg):  # so that the problems' pass rates differ
+        return [SimpleNamespace(reward=1.0 if i % 3 == 0 else -1.0) for i in range(len(programs))]
+    monkeypatch.setattr(stepcoder, "sandbox_results", every_third_passes)
     test_data = write_problems(tmp_path / "held_out.json", n=2)
     stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data))))
     evals = {(desc, t, n) for desc, t, n in calls if desc.startswith("eval")}
     assert evals == {("eval step 0, train, greedy", 0.0, 12), ("eval step 0, train, pass@1", 0.5, 24),
                      ("eval step 0, test, greedy", 0.0, 4)}
-    report = json.loads((tmp_path / "run" / "eval_step0.json").read_text())["test"]["overall"]
-    assert report["n"] == 4 and report["pass@1"] == report["greedy"]
+    report = json.loads((tmp_path / "run" / "eval_step0.json").read_text())
+    assert report["test"]["overall"]["n"] == 4 and report["test"]["overall"]["pass@1"] == report["test"]["overall"]["greedy"]
+    # each problem's pass rates: as many as the problems, and their mean is the overall rate
+    problems = report["train"]["problems"]
+    assert set(problems) == {str(p["problem_id"]) for p in json.loads((tmp_path / "probs.json").read_text())}
+    for key in ("greedy", "pass@1"):
+        assert sum(p[key] for p in problems.values()) / len(problems) == pytest.approx(report["train"]["overall"][key])
+        assert 0 < report["train"]["overall"][key] < 1 and all(0 <= p[key] <= 1 for p in problems.values())
 
 
 @pytest.mark.parametrize("extra, needle", [
