@@ -22,7 +22,7 @@ if ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import bitsandbytes, torch; assert torch.cuda.is_available()" \
+python3 -c "import bitsandbytes, torch; assert torch.cuda.is_available()" 2>/dev/null \
     || { echo "gpu_check: needs a CUDA GPU and bitsandbytes (.whl/bitsandbytes-*.whl)" >&2; exit 2; }
 results=${1:-bench/results/gpu_check_$(date +%F)}
 mkdir -p "$results"
@@ -36,10 +36,10 @@ run() {  # seconds, name, gpu_memory.py arguments...
     echo "== $name: bench/gpu_memory.py $*"
     timeout "$limit" python3 bench/gpu_memory.py --json "$results/$name.json" "$@" 2>&1 | grep -v "^Step\|it/s\]$" | tail -12
 }
-run 150 defaults_1024_24gb --arch 1.3b --max-new-tokens 1024 --emulate-24gb
-run 120 before_256 --arch 1.3b --max-new-tokens 256 "$before"
+run 130 defaults_1024_24gb --arch 1.3b --max-new-tokens 1024 --emulate-24gb
+run 140 before_256 --arch 1.3b --max-new-tokens 256 "$before"
 run 60 defaults_256 --arch 1.3b --max-new-tokens 256
-run 170 6.7b_policy_256_24gb --arch 6.7b --steps 1 --max-new-tokens 256 --emulate-24gb \
+run 150 6.7b_policy_256_24gb --arch 6.7b --steps 1 --max-new-tokens 256 --emulate-24gb \
     '--trainer-args=--sampler policy --gen-batch-size 8'
 python3 - "$results" <<'EOF'
 import json, os, sys
