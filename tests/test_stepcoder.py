@@ -341,6 +341,20 @@ def test_a_run_from_its_saved_base_repeats_the_run(tmp_path):
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
 
 
+def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
+    # bench/ablations.py gives each run tiny's defaults as flags (its base is a local directory);
+    # fails if a False default is written as "--flag False" (UsageError) or a value is lost
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "bench" / "ablations.py")
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    from config import TINY_DEFAULTS
+    cfg = stepcoder.parse_config(["--model", "deepseek-coder-1.3b", *ablations.tiny_flags(7)])
+    for key, value in TINY_DEFAULTS.items():
+        if key not in ("sft_steps", "sft_lr", "eval"):
+            assert getattr(cfg, key) == (7 if key == "steps" else value), key
+
+
 def test_evaluation_does_not_change_the_training_run(tmp_path):
     # --eval samples programs (tiny: at T = 0.5; 2 per problem here) with its own seeded RNG, so a run
     # trains exactly as it would without it (fails if evaluation draws from the training RNG)
