@@ -64,6 +64,7 @@ class Config:
     vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: it must catch up fast)"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
     minibatch_size: int = field(default=4, metadata={"help": "sequences per gradient step"})
+    rows_per_forward: int = field(default=0, metadata={"help": "rows per forward pass in the PPO forwards and the warm start: a minibatch is sorted by length and run in groups of this many rows, so that a short row does not compute the longest one's padding; one gradient step per minibatch as before, the same up to float rounding (0: the whole minibatch in one pass; tiny: 2, faster on a CPU)"})
     clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip (Eq. 1)"})
     vf_clip: float = field(default=0.2, metadata={"help": "value clip"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})
@@ -90,9 +91,11 @@ class Config:
 # - 16 problems x 2 samples per step (32 rollouts, as 8 x 4): each of the 66 problems is visited ~7
 #   times in 30 steps instead of ~4. With 8 x 4 three seeds ended 0.470..0.513 pass@1 (their gain
 #   was no larger than that spread); with 16 x 2, 0.502..0.508; 5 seeds on another host, 0.491..0.519.
+# - rows_per_forward 2: on a CPU a forward's time is arithmetic, and a random batch of 8 warm-start
+#   rows is ~43% padding (docs/RESULTS.md, 2026-12-02).
 TINY_DEFAULTS = dict(gradient_checkpointing=False, sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
                      steps=30, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
-                     minibatch_size=8, gen_batch_size=64, timeout=2.0, lora_r=16,
+                     minibatch_size=8, rows_per_forward=2, gen_batch_size=64, timeout=2.0, lora_r=16,
                      eval=True, eval_temperature=0.5, eval_top_p=0.9, eval_samples=8)
 TINY_MARKER = "stepcoder-tiny.json"  # written into a warm-started tiny base: `--model RUN/base` is tiny too
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
@@ -141,8 +144,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         tiny = TINY_DEFAULTS if model == "tiny" else {**TINY_DEFAULTS, "sft_steps": 0} if is_tiny(model) else {}
         cfg = Config(**{**tiny, **given})  # a saved tiny base is warm-started already: no SFT on top
     for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
-                 "max_new_tokens", "ppo_epochs", "minibatch_size", "save_every", "lora_r", "eval_samples"):
-        least = 0 if name in ("steps", "sft_steps") else 1
+                 "max_new_tokens", "ppo_epochs", "minibatch_size", "rows_per_forward", "save_every", "lora_r", "eval_samples"):
+        least = 0 if name in ("steps", "sft_steps", "rows_per_forward") else 1
         if getattr(cfg, name) < least:
             raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {getattr(cfg, name)}")
     if cfg.sampler not in ("merged", "policy"):

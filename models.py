@@ -224,6 +224,28 @@ def refresh_sampler(sampler, policy) -> None:
 WARM_START_SAVE_EVERY = 50
 
 
+def sft_backward(model, input_ids, attention_mask, labels, rows_per_forward: int):
+    """The batch's mean next-token loss over its labels (-100: none), and its gradient accumulated into
+    the parameters. The right-padded rows run `rows_per_forward` at a time, shortest first (0: all at
+    once): each group's mean loss, weighted by its share of the batch's target tokens, adds up to the
+    batch's mean, so the gradient is the batch's up to float rounding. -> the loss (detached)"""
+    n_targets = (labels[:, 1:] != -100).sum()
+    lengths = attention_mask.sum(1)                                                   # (B,)
+    by_length = torch.argsort(lengths, stable=True)                                   # (B,)
+    loss = torch.zeros(())
+    for rows in by_length.split(rows_per_forward or len(input_ids)):
+        width = int(lengths[rows].max())  # the group's columns past its longest row are padding
+        group_labels = labels[rows, :width]                                           # (b, t)
+        share = (group_labels[:, 1:] != -100).sum() / n_targets
+        if share == 0:  # prompts only (cut by max_length): no target, and a mean over none is NaN
+            continue
+        group_loss = model(input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width],
+                           labels=group_labels).loss * share
+        group_loss.backward()
+        loss = loss + group_loss.detach().cpu()
+    return loss
+
+
 def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device, checkpoint: Path):
     """Supervised fine-tuning on prompt + canonical solution (loss on the solution only). Every
     WARM_START_SAVE_EVERY steps its state goes to `checkpoint` (a file); a warm start that finds it there
@@ -255,9 +277,8 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)      # (B, T)
         for row, prompt in enumerate(prompts):  # no loss on the prompt
             labels[row, :len(tok(prompt, add_special_tokens=False)["input_ids"])] = -100
-        loss = model(**enc, labels=labels).loss
         optimizer.zero_grad()
-        loss.backward()
+        loss = sft_backward(model, enc["input_ids"], enc["attention_mask"], labels, cfg.rows_per_forward)
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()

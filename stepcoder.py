@@ -201,10 +201,20 @@ def drop_shared_padding(ids, attention_mask):
     return ids[:, left:len(used) - right], attention_mask[:, left:len(used) - right], right
 
 
-def logprobs_and_values(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float):
+def logprobs_and_values(policy, value_head, input_ids, attention_mask, n_gen: int, temperature: float,
+                        rows_per_forward: int = 0):
     """Log-prob of each of the last n_gen tokens, the policy entropy there, and V(s_t) before it, from
     one forward pass (the value head is "shared"). Logits are divided by the sampling temperature, as
-    in sampling (SPEC 5). Positions come from the attention mask, so left padding does not shift them."""
+    in sampling (SPEC 5). Positions come from the attention mask, so left padding does not shift them.
+    rows_per_forward > 0: the rows run that many at a time, shortest first, so that a short row does not
+    compute the longest one's padding (--rows-per-forward); the outputs are the same up to float rounding
+    and keep the rows' order, and a backward pass goes through every group. -> (B, G) each"""
+    if 0 < rows_per_forward < len(input_ids):
+        by_length = torch.argsort(attention_mask.sum(1), stable=True)                 # (B,)
+        groups = [logprobs_and_values(policy, value_head, input_ids[rows], attention_mask[rows], n_gen, temperature)
+                  for rows in by_length.split(rows_per_forward)]
+        back_to_batch_order = torch.argsort(by_length)                                # (B,)
+        return tuple(torch.cat(outputs)[back_to_batch_order] for outputs in zip(*groups))
     input_ids, attention_mask, n_pad = drop_shared_padding(input_ids, attention_mask)  # (B, T)
     n_gen -= n_pad  # response columns no row uses are not computed: their outputs are 0 (masked anyway)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (B, T)
@@ -236,7 +246,8 @@ def token_logprobs(logits, tokens, temperature: float, chunk: int = 128):
 
 
 @torch.no_grad()
-def logprobs_before_update(policy, value_head, b_ids, b_attn, n_gen: int, minibatches: list, temperature: float):
+def logprobs_before_update(policy, value_head, b_ids, b_attn, n_gen: int, minibatches: list, temperature: float,
+                           rows_per_forward: int = 0):
     """log pi_old and V of the rollouts, and log pi_ref: the same model with the adapter disabled.
     Computed over the very minibatches the update will use, so that a row is computed with the same
     shapes both times: in bf16, other shapes round otherwise and the first ratio would not be 1.
@@ -245,10 +256,11 @@ def logprobs_before_update(policy, value_head, b_ids, b_attn, n_gen: int, miniba
     N = b_ids.shape[0]
     b_logprobs, b_ref_logprobs, b_entropy, b_values = (torch.zeros(N, n_gen, device=b_ids.device) for _ in range(4))
     for mb in minibatches:
-        outputs = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)
+        outputs = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature, rows_per_forward)
         b_logprobs[mb], b_entropy[mb], b_values[mb] = outputs
         with policy.disable_adapter():
-            b_ref_logprobs[mb] = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature)[0]
+            b_ref_logprobs[mb] = logprobs_and_values(policy, value_head, b_ids[mb], b_attn[mb], n_gen, temperature,
+                                                     rows_per_forward)[0]
     return b_logprobs, b_ref_logprobs, b_entropy, b_values
 
 # ---------------------------------------------- 6. rewards and advantages (Eq. 4, Eq. 2) ---
@@ -319,7 +331,7 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
         for k in torch.randperm(len(minibatches)).tolist():
             mb = minibatches[k]
             new_logprobs, _, new_values = logprobs_and_values(                                  # (B, G) each
-                policy, value_head, batch["ids"][mb], batch["attn"][mb], batch["n_gen"], cfg.temperature)
+                policy, value_head, batch["ids"][mb], batch["attn"][mb], batch["n_gen"], cfg.temperature, cfg.rows_per_forward)
             pg_loss, _, approx_kl, clipfrac = policy_loss(                                      # Eq. 1, FGO's tokens
                 new_logprobs, batch["logprobs"][mb], batch["advantages"][mb], batch["fgo"][mb], cfg.clip_coef)
             vf_loss = value_loss(new_values, batch["values"][mb], batch["returns"][mb],       # PPO practice
@@ -406,7 +418,7 @@ def ppo_loop(cfg: Config, run_dir: Path, device, problems, evals, tok, policy, v
         t0 = time.time()
         minibatches = torch.randperm(N, device=device).split(cfg.minibatch_size)
         b_logprobs, b_ref_logprobs, b_entropy, b_values = logprobs_before_update(
-            policy, value_head, b_ids, b_attn, G, minibatches, cfg.temperature)         # (N, G) each
+            policy, value_head, b_ids, b_attn, G, minibatches, cfg.temperature, cfg.rows_per_forward)  # (N, G) each
 
         # 6. Rewards with the KL penalty (Eq. 4), GAE (Eq. 2), whitened advantages (per rank: over its own rollouts).
         b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)

@@ -1,6 +1,6 @@
 """Is the default tiny run under 10 minutes, and what do the trainer's speed-ups buy? (CPU)
 
-    python3 bench/tiny_speed.py          # the five speed-ups, each against its baseline, ~4 min
+    python3 bench/tiny_speed.py          # the six speed-ups, each against its baseline, ~5 min
     python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, twice: 20-25 min
 
 Measured in the same run, with the tiny model (random weights: every sample runs to the limit):
@@ -14,6 +14,9 @@ Measured in the same run, with the tiny model (random weights: every sample runs
      rollouts, one 160 tokens long, the others 20-100 (as in the default run's steps), minibatches
      of 8 in random order: the no-grad pass (old log-probs, reference) and the update's
      forward + backward. Both must give the same log-probs.
+  3b. the PPO forwards of a default step's 32 rollouts (16 problems x 2) with each minibatch's rows run in
+     length-sorted groups (--rows-per-forward, tiny: 2) against one forward per minibatch; and five
+     warm-start steps the same two ways. Both must give the same log-probs / loss.
   4. log-probs and entropy of the update's forward + backward in chunks of positions, recomputed in
      the backward pass (the trainer: less memory), against one log_softmax over all positions.
   5. generate from the merged sampler (a plain copy holding base + LoRA merged) against the policy's
@@ -28,7 +31,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import curriculum, stepcoder  # noqa: E402
+import curriculum, models, stepcoder  # noqa: E402
 
 
 def compare(baseline, trainer, repeats=3):
@@ -106,6 +109,37 @@ def main():
     assert torch.allclose(lp_keep, lp_drop, atol=1e-5), "dropping the right padding changed the log-probs"
     print(f"PPO forwards, 32 rollouts (mean length {lengths.float().mean():.0f}, longest {G}): padding kept "
           f"{t_keep:.2f} s, dropped {t_drop:.2f} s, ratio {t_keep / t_drop:.2f}x")
+
+    # 3b. A default step's rollouts (16 problems x 2 samples, other lengths) with a minibatch's rows run in
+    #     length-sorted groups (--rows-per-forward, tiny: 2) against one forward per minibatch; and
+    #     warm-start steps (8 problems each) the same two ways.
+    step_problems = [p for p in rng.sample(problems, 16) for _ in range(2)]
+    step_ids, step_am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in step_problems], "cpu")
+    step_b_ids, step_b_attn = torch.cat([step_ids, resp], 1), torch.cat([step_am, mask], 1)   # (N, P+G)
+    def grouped_passes(rows_per_forward):
+        with torch.no_grad():
+            old = torch.cat([stepcoder.logprobs_and_values(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, 0.5, rows_per_forward)[0]
+                             for mb in order])
+        for mb in order:
+            logprobs, _, values = stepcoder.logprobs_and_values(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, 0.5, rows_per_forward)
+            (logprobs.sum() + values.sum()).backward()
+        return old * mask[torch.cat(order)]
+    t_whole, t_grouped, lp_whole, lp_grouped = compare(lambda: grouped_passes(0), lambda: grouped_passes(cfg.rows_per_forward))
+    assert torch.allclose(lp_whole, lp_grouped, atol=1e-5), "rows in length groups changed the log-probs"
+    print(f"PPO forwards, 32 rollouts of 16 problems: whole minibatches of {cfg.minibatch_size} {t_whole:.2f} s, groups of "
+          f"{cfg.rows_per_forward} rows {t_grouped:.2f} s, ratio {t_whole / t_grouped:.2f}x")
+    sft_batches = [rng.sample(problems, cfg.sft_batch_size) for _ in range(5)]
+    def sft_steps(rows_per_forward):
+        for sft_batch in sft_batches:
+            texts = [curriculum.build_prompt(p, tok) + p.canonical_solution + tok.eos_token for p in sft_batch]
+            enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            loss = models.sft_backward(model, enc["input_ids"], enc["attention_mask"], labels, rows_per_forward)
+        return loss
+    t_whole, t_grouped, loss_whole, loss_grouped = compare(lambda: sft_steps(0), lambda: sft_steps(cfg.rows_per_forward))
+    assert torch.isclose(loss_whole, loss_grouped, atol=1e-5), "rows in length groups changed the warm start's loss"
+    print(f"warm start, {len(sft_batches)} steps of {cfg.sft_batch_size}: whole batches {t_whole:.2f} s, groups of "
+          f"{cfg.rows_per_forward} rows {t_grouped:.2f} s, ratio {t_whole / t_grouped:.2f}x")
 
     # 4. log-probs and entropy: in chunks with the backward pass recomputing them (the trainer) against
     #    one log_softmax over all positions (baseline), in the update's forward + backward.

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import models
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
@@ -185,6 +186,63 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
                 assert torch.allclose(a[0], b[row], atol=1e-5)
             resp_alone, _ = stepcoder.generate(policy, tok, alone["input_ids"], alone["attention_mask"], 8, 0.0, 1.0, 1, "test")
             assert resp_alone[0].tolist() == resp[row, :resp_alone.shape[1]].tolist()
+
+
+def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp_path):
+    # --rows-per-forward: a minibatch runs in groups of rows sorted by length (left-padded prompts of
+    # different lengths, responses right-padded). The log-probs, entropy and values must come back in
+    # the minibatch's order, and a loss on them must have the gradient of the one-pass minibatch
+    # (fails if the groups' outputs are not put back in order, or a group is dropped).
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    policy, value_head = stepcoder.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    prompts = tok([stepcoder.curriculum.build_prompt(p) for p in problems[:5]], return_tensors="pt", padding=True, padding_side="left")
+    G = 12
+    responses = torch.randint(2, len(tok), (5, G), generator=torch.Generator().manual_seed(0))   # (B, G)
+    response_mask = (torch.arange(G)[None] < torch.tensor([12, 3, 7, 1, 9])[:, None]).long()     # (B, G)
+    ids = torch.cat([prompts["input_ids"], responses], 1)
+    attn = torch.cat([prompts["attention_mask"], response_mask], 1)
+    assert len(set(attn.sum(1).tolist())) == 5  # every row another length: the groups reorder them
+    weights = torch.rand(5, G, generator=torch.Generator().manual_seed(1)) * response_mask      # (B, G)
+    def outputs_and_gradient(rows_per_forward):
+        policy.zero_grad()
+        value_head.zero_grad()
+        outputs = stepcoder.logprobs_and_values(policy, value_head, ids, attn, G, 0.8, rows_per_forward)
+        ((outputs[0] + outputs[2]) * weights).sum().backward()
+        grads = [p.grad.clone() for p in [*policy.parameters(), *value_head.parameters()] if p.grad is not None]
+        return [x.detach() * response_mask for x in outputs], grads
+    whole, whole_grads = outputs_and_gradient(0)
+    for rows_per_forward in (1, 2):
+        grouped, grouped_grads = outputs_and_gradient(rows_per_forward)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, grouped))
+        assert len(grouped_grads) == len(whole_grads) > 0
+        assert all((a - b).norm() <= 1e-4 * a.norm() for a, b in zip(whole_grads, grouped_grads))  # float rounding
+
+
+def test_the_warm_start_gradient_is_the_batch_mean_in_length_groups(tmp_path):
+    # The warm start's rows run --rows-per-forward at a time; each group's mean loss is weighted by its
+    # share of the target tokens, so loss and gradient are the whole batch's (fails without the weights).
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    texts = [stepcoder.curriculum.build_prompt(p) + p.canonical_solution + tok.eos_token for p in problems[:5]]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)          # (B, T)
+    labels[:, :20] = -100  # the "prompt"
+    labels[2] = -100  # a row without targets (its prompt cut by max_length)
+    def loss_and_gradient(rows_per_forward):
+        model.zero_grad()
+        loss = models.sft_backward(model, enc["input_ids"], enc["attention_mask"], labels, rows_per_forward)
+        return loss, [p.grad.clone() for p in model.parameters()]
+    whole_loss, whole_grads = loss_and_gradient(0)
+    assert torch.isclose(whole_loss, model(**enc, labels=labels).loss.detach(), atol=1e-6)
+    for rows_per_forward in (1, 2):
+        loss, grads = loss_and_gradient(rows_per_forward)
+        assert torch.isclose(loss, whole_loss, atol=1e-6)
+        assert all((a - b).norm() <= 1e-4 * a.norm() for a, b in zip(whole_grads, grads))  # float rounding
 
 
 def test_adapters_change_and_base_weights_do_not(tmp_path):
