@@ -105,24 +105,62 @@ def tokenize_prompts(tok, texts: list[str], device):
 def generate(sampler, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
              batch_size: int, desc: str):
     """Sample continuations in batches; returns response ids (N, G) right-padded, lengths (N,) as
-    response_length counts them. A chat model stops at the closing fence (stop string)."""
+    response_length counts them."""
     sampler.eval()
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
-    if is_chat(tok):
-        sampling.update(stop_strings=[FENCE], tokenizer=tok)
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False, disable=not distributed.is_main()):
-        ids, attention_mask = prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size]
-        ids, attention_mask, _ = drop_shared_padding(ids, attention_mask)
-        out = sampler.generate(input_ids=ids, attention_mask=attention_mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, cache_implementation="static", disable_compile=True,
-                              **sampling)  # a preallocated KV cache: no copy of the cache per token
-        resp = out[:, ids.shape[1]:]                                                 # (b, g)
+        ids, attention_mask, _ = drop_shared_padding(prompt_ids[i:i + batch_size], prompt_mask[i:i + batch_size])
+        resp = decode(sampler, tok, ids, attention_mask, n_new, temperature, top_p)   # (b, g)
         chunks.append(resp)
         lengths += [response_length(tok, row) for row in resp.tolist()]
     width = max(c.shape[1] for c in chunks)
     resp = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in chunks])
     return resp, torch.tensor(lengths, device=resp.device)                           # (N, G), (N,)
+
+
+def decode(model, tok, ids, attention_mask, n_new: int, temperature: float, top_p: float):
+    """Up to n_new tokens for each left-padded prompt, one forward per token with a KV cache. A row that
+    finished (EOS; a chat model's closing fence, its program's end) leaves the batch with its rows of
+    the cache: the last steps of a batch compute only the rows still writing (transformers' `generate`
+    computes every row until the last one finishes). -> (b, g) response ids, right-padded"""
+    from transformers import StaticCache  # (transformers loads lazily: `--help` and bad flags answer at once)
+    out = torch.full((len(ids), n_new), tok.pad_token_id, device=ids.device)         # (b, n_new)
+    rows = torch.arange(len(ids), device=ids.device)                                 # (r,) the rows still writing
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + n_new)  # preallocated: no copy per token
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                     # (b, P)
+    logits = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+                   logits_to_keep=1).logits[:, -1].float()  # (r, V); past_key_values: transformers 5.24 also says `cache`
+    for t in range(n_new):
+        next_tokens = sample_next(logits, temperature, top_p)                        # (r,)
+        out[rows, t] = next_tokens
+        finished = next_tokens == tok.eos_token_id                                   # (r,)
+        if is_chat(tok):  # the fence is 3 characters: it ends within the last 4 tokens (a token may decode to "")
+            tails = tok.batch_decode(out[rows, max(0, t - 3):t + 1], skip_special_tokens=True)
+            finished |= torch.tensor([FENCE in tail for tail in tails], device=ids.device)
+        if finished.all() or t == n_new - 1:
+            return out[:, :t + 1]
+        if finished.any():
+            keep = (~finished).nonzero().squeeze(1)                                  # (r',)
+            cache.reorder_cache(keep)  # keeps the cache's rows `keep` (the API beam search reorders with)
+            rows, next_tokens, attention_mask = rows[keep], next_tokens[keep], attention_mask[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], 1)  # (r, P+t+1)
+        position_ids = attention_mask.sum(1, keepdim=True) - 1                       # (r, 1)
+        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=cache).logits[:, -1].float()                  # (r, V)
+
+
+def sample_next(logits, temperature: float, top_p: float):
+    """Greedy decoding (temperature 0), or a sample from softmax(logits / temperature) restricted to the
+    nucleus: the most likely tokens whose probabilities add up to top_p (transformers' temperature and
+    top-p warpers, top_k off). logits (r, V) -> (r,)"""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    sorted_logits, sorted_ids = torch.sort(logits, descending=False)                 # (r, V) least likely first
+    outside = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p                      # (r, V) the tail of mass <= 1 - top_p
+    outside[:, -1] = False  # the most likely token always stays
+    logits = logits.masked_fill(outside.scatter(1, sorted_ids, outside), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
 
 
 def response_length(tok, ids: list[int]) -> int:

@@ -142,13 +142,18 @@ def main() -> int:
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
     ap.add_argument("--continue", dest="cont", action="store_true",
                     help="keep OUT's finished warm start and runs (an interrupted bench, same flags): redo only the unfinished ones")
+    ap.add_argument("--overwrite", action="store_true", help="delete OUT's earlier runs and start again")
     args = ap.parse_args()
     if args.replot:
         results = json.loads((Path(args.out) / "results.json").read_text())
         table(results), plot(results, [r["seed"] for r in next(iter(results.values()))], args.png, args.data)
         return 0
     out, data, test_data = Path(args.out), args.data, args.test_data
-    if not args.cont:
+    if out.is_dir() and any(out.iterdir()) and not (args.cont or args.overwrite):
+        print(f"ablations: error: {out} holds earlier runs: pass --continue to keep them (only unfinished runs are redone), "
+              f"--overwrite to delete them, or another --out", file=sys.stderr)
+        return 2
+    if args.overwrite:
         shutil.rmtree(out, ignore_errors=True)
     results = {SLUGS[slug]: [] for slug in args.settings}
     out.mkdir(parents=True, exist_ok=True)  # float rounding differs between hosts, and so do the runs (README)

@@ -92,7 +92,7 @@ def build_tokenizer(problems: list, vocab_size: int):
 def budget(arch: str, cfg, prompt_tokens: int) -> dict:
     """GiB of each phase of a PPO step, on paper, from the architecture and the trainer's settings.
     Weights: 4-bit linears at 0.5 byte per weight (+ ~3% quantisation constants), embeddings and head in
-    bf16; LoRA weights, gradients and AdamW moments in float32. Generation: the static KV cache of
+    bf16; LoRA weights, gradients and AdamW moments in float32. Generation: the preallocated KV cache of
     gen_batch_size rows of prompt + max_new_tokens (2 x layers x hidden x 2 bytes a token). The update,
     per minibatch of prompt + max_new_tokens tokens: the activations autograd keeps, about 2 x (6 hidden +
     4 intermediate) bytes a token and layer (norm inputs, q, k, v, attention output; gate, up, SiLU,

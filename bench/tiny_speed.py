@@ -3,10 +3,12 @@
     python3 bench/tiny_speed.py          # the six speed-ups, each against its baseline, ~5 min
     python3 bench/tiny_speed.py --full   # and `python3 stepcoder.py --model tiny` end to end, twice: 20-25 min
 
-Measured in the same run, with the tiny model (random weights: every sample runs to the limit):
-  1. generate: a preallocated ("static") KV cache against transformers' default dynamic cache, which
-     concatenates each layer's cache once per token; 32 prompts of the bundled problems, 160 new
-     tokens at T 0.5 (the rollout's settings). Both must sample the same tokens.
+Measured in the same run, with the tiny model:
+  1. generate: the trainer's `decode`, where a row that wrote EOS leaves the batch with its KV cache
+     rows, against transformers' `generate` with a static KV cache (the trainer before 2026-12-02),
+     which computes every row until the last one ends; with the tiny model after 100 warm-start
+     steps (so that rows end): 32 rollouts at the rollout's settings, and 16 problems x 8 samples at
+     the evaluation's. Greedy, both must decode the same tokens. (The sections below use random weights.)
   2. evaluation: 16 problems x 8 samples (the evaluation's settings) generated 64 at a time (tiny's
      gen_batch_size; a step's 32 rollouts are one batch either way) against 32 at a time.
   3. PPO forwards: a rollout batch is right-padded to its longest response; `forward` drops the
@@ -25,7 +27,8 @@ Measured in the same run, with the tiny model (random weights: every sample runs
      (> 1: under it), with the pass@1 lines each printed.
 Ratios > 1 mean the trainer's way is faster. Timings: the median of 3 repeats, alternating.
 """
-import argparse, os, random, statistics, subprocess, sys, tempfile, time
+import argparse, dataclasses, os, random, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
 
 import torch
 
@@ -58,20 +61,36 @@ def main():
     batch = [p for p in rng.sample(problems, 8) for _ in range(4)]
     ids, am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in batch], "cpu")
 
-    # 1. generate, static vs dynamic KV cache (transformers' generate reads cache_implementation).
-    def gen(cache):
-        original = policy.generate
-        policy.generate = lambda **kw: original(**{**kw, "cache_implementation": cache})
-        try:
-            torch.manual_seed(0)
-            return stepcoder.generate(policy, tok, ids, am, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                      cfg.gen_batch_size, f"generate ({cache} cache)")[0]
-        finally:
-            del policy.generate
-    t_dyn, t_static, r_dyn, r_static = compare(lambda: gen("dynamic"), lambda: gen("static"))
-    assert torch.equal(r_dyn, r_static), "static and dynamic caches sampled different tokens"
-    print(f"generate 32 x {r_static.shape[1]} tokens: dynamic cache {t_dyn:.2f} s, static {t_static:.2f} s, "
-          f"ratio {t_dyn / t_static:.2f}x")
+    # 1. generate: `decode`, where a row that wrote EOS leaves the batch, against transformers' `generate`
+    #    with a static KV cache (the trainer before 2026-12-02), which computes every row until the last
+    #    one ends. Rows must end: the tiny model after a short warm start (100 steps), which ends its programs.
+    warm_cfg = dataclasses.replace(cfg, sft_steps=100)
+    _, warm = stepcoder.build_tiny(problems, seed=0)
+    with tempfile.TemporaryDirectory() as scratch:
+        models.warm_start(warm, tok, problems, warm_cfg, random.Random(0), "cpu", Path(scratch) / "warm_start.pt")
+    def transformers_generate(prompt_ids, prompt_mask, temperature, top_p):
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+        out = [warm.generate(input_ids=prompt_ids[i:i + cfg.gen_batch_size], attention_mask=prompt_mask[i:i + cfg.gen_batch_size],
+                             max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             cache_implementation="static", disable_compile=True, **sampling)[:, prompt_ids.shape[1]:]
+               for i in range(0, len(prompt_ids), cfg.gen_batch_size)]
+        return out  # a list: one tensor per batch
+    def trainer_generate(prompt_ids, prompt_mask, temperature, top_p):
+        return stepcoder.generate(warm, tok, prompt_ids, prompt_mask, cfg.max_new_tokens, temperature, top_p, cfg.gen_batch_size, "decode")[0]
+    greedy_theirs, greedy_ours = transformers_generate(ids, am, 0.0, 1.0)[0], trainer_generate(ids, am, 0.0, 1.0)
+    assert greedy_ours.tolist() == greedy_theirs.tolist(), "decode and generate differ (greedy)"
+    t_hf, t_ours, _, sampled = compare(lambda: transformers_generate(ids, am, cfg.temperature, cfg.top_p),
+                                       lambda: trainer_generate(ids, am, cfg.temperature, cfg.top_p))
+    mean_length = (sampled != tok.pad_token_id).sum(1).float().mean()
+    print(f"generate 32 rollouts (T {cfg.temperature}, up to {cfg.max_new_tokens} tokens, mean {mean_length:.0f}): transformers' "
+          f"generate {t_hf:.2f} s, decode (finished rows leave) {t_ours:.2f} s, ratio {t_hf / t_ours:.2f}x")
+    e_prompts = [curriculum.build_prompt(p, tok) for p in sorted(problems, key=lambda p: len(curriculum.build_prompt(p, tok)))[:16]]
+    e_ids, e_am = stepcoder.tokenize_prompts(tok, e_prompts, "cpu")
+    e_ids, e_am = e_ids.repeat_interleave(8, 0), e_am.repeat_interleave(8, 0)
+    t_hf, t_ours, _, _ = compare(lambda: transformers_generate(e_ids, e_am, cfg.eval_temperature, cfg.eval_top_p),
+                                 lambda: trainer_generate(e_ids, e_am, cfg.eval_temperature, cfg.eval_top_p))
+    print(f"evaluation, 16 problems x 8 samples ({cfg.gen_batch_size} at a time): transformers' generate {t_hf:.2f} s, "
+          f"decode {t_ours:.2f} s, ratio {t_hf / t_ours:.2f}x")
 
     # 2. evaluation: 16 problems x 8 samples, generated 32 or 64 (tiny's gen_batch_size) at a time.
     by_length = sorted(range(16), key=lambda i: len(curriculum.build_prompt(problems[i], tok)))

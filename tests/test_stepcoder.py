@@ -188,6 +188,64 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
             assert resp_alone[0].tolist() == resp[row, :resp_alone.shape[1]].tolist()
 
 
+def decode_setup(tmp_path):
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, model = stepcoder.build_tiny(problems, seed=0)
+    model.eval()
+    enc = tok([stepcoder.curriculum.build_prompt(p) for p in problems[:4]], return_tensors="pt", padding=True, padding_side="left")
+    return tok, model, enc["input_ids"], enc["attention_mask"]
+
+
+def transformers_generate(model, ids, attention_mask, n_new, eos, pad, **sampling):
+    out = model.generate(input_ids=ids, attention_mask=attention_mask, max_new_tokens=n_new, eos_token_id=eos, pad_token_id=pad,
+                         cache_implementation="static", disable_compile=True, **sampling)
+    return out[:, ids.shape[1]:]
+
+
+def test_decode_lets_finished_rows_leave_and_matches_greedy_generate(tmp_path):
+    # `decode` drops a row (and its KV cache rows) once it wrote EOS; transformers' `generate` keeps
+    # computing it. Greedy, the other rows must continue exactly as there, and a finished row hold
+    # padding after its EOS. EOS here: a token the random model writes early in some rows, so rows
+    # finish at different steps (fails if the cache keeps the dropped rows). A random model's greedy
+    # tokens hardly depend on positions: a wrong one fails the trained stand-in's test in test_real_model.
+    tok, model, ids, attention_mask = decode_setup(tmp_path)
+    free = stepcoder.decode(model, tok, ids, attention_mask, 24, 0.0, 1.0)          # (4, 24): no EOS written
+    first_at = lambda token: [row.index(token) if token in row else None for row in free.tolist()]
+    eos = next(token for token in free.flatten().tolist() if len(set(first_at(token))) >= 2)  # rows end at other steps
+    stop_at = first_at(eos)
+    fake_tok = SimpleNamespace(eos_token_id=eos, pad_token_id=tok.pad_token_id, chat_template=None)
+    ours = stepcoder.decode(model, fake_tok, ids, attention_mask, 24, 0.0, 1.0)
+    theirs = transformers_generate(model, ids, attention_mask, 24, eos, tok.pad_token_id, do_sample=False)
+    assert ours.tolist() == theirs.tolist()
+    for row, k in enumerate(stop_at):
+        if k is not None:
+            assert ours[row, k] == eos and (ours[row, k + 1:] == tok.pad_token_id).all()
+
+
+def test_decode_samples_as_transformers_does(tmp_path):
+    # Temperature and nucleus (top-p) sampling as transformers' warpers: with the same seed and no row
+    # finishing, the same tokens (fails if the nucleus keeps one token more or less, or T is not applied).
+    tok, model, ids, attention_mask = decode_setup(tmp_path)
+    for temperature, top_p in ((0.7, 0.9), (1.3, 0.5), (0.5, 1.0)):
+        torch.manual_seed(0)
+        ours = stepcoder.decode(model, tok, ids, attention_mask, 12, temperature, top_p)
+        torch.manual_seed(0)
+        theirs = transformers_generate(model, ids, attention_mask, 12, tok.eos_token_id, tok.pad_token_id,
+                                       do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        assert tok.eos_token_id not in ours.tolist()[0]
+        assert ours.tolist() == theirs.tolist(), (temperature, top_p)
+
+
+def test_the_nucleus_is_the_smallest_set_reaching_top_p():
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.75 keeps the first two (0.5 + 0.3 reaches it), 0.9 three
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    for top_p, allowed in ((0.75, {0, 1}), (0.9, {0, 1, 2}), (0.4, {0}), (1.0, {0, 1, 2, 3})):
+        torch.manual_seed(0)
+        drawn = {stepcoder.sample_next(logits.expand(4000, 4), 1.0, top_p)[i].item() for i in range(4000)}
+        assert drawn == allowed, (top_p, drawn)
+    assert stepcoder.sample_next(torch.tensor([[0.1, 2.0, 0.3]]), 0.0, 0.9).item() == 1  # temperature 0: greedy
+
+
 def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp_path):
     # --rows-per-forward: a minibatch runs in groups of rows sorted by length (left-padded prompts of
     # different lengths, responses right-padded). The log-probs, entropy and values must come back in
@@ -399,13 +457,35 @@ def test_a_run_from_its_saved_base_repeats_the_run(tmp_path):
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
 
 
-def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
-    # bench/ablations.py gives each run tiny's defaults as flags (its base is a local directory);
-    # fails if a False default is written as "--flag False" (UsageError) or a value is lost
+def load_ablations():
     import importlib.util
     spec = importlib.util.spec_from_file_location("ablations", ROOT / "bench" / "ablations.py")
     ablations = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablations)
+    return ablations
+
+
+def test_the_ablation_bench_keeps_earlier_runs_unless_told(tmp_path, monkeypatch, capsys):
+    # A second bench with the same --out (say, another setting) must not delete the first one's runs:
+    # one line, exit 2, nothing touched (fails if the bench deletes OUT without --overwrite).
+    finished = tmp_path / "out" / "stepcoder-seed0" / "eval_step30.json"
+    finished.parent.mkdir(parents=True)
+    finished.write_text("{}")
+    monkeypatch.setattr("sys.argv", ["ablations.py", "--settings", "no-cccs", "--out", str(tmp_path / "out")])
+    ablations = load_ablations()
+    def train(cfg):
+        raise AssertionError("the bench went on to train")
+    monkeypatch.setattr(ablations.stepcoder, "train", train)
+    assert ablations.main() == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--continue" in error[0] and "--overwrite" in error[0]
+    assert finished.read_text() == "{}"
+
+
+def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
+    # bench/ablations.py gives each run tiny's defaults as flags (its base is a local directory);
+    # fails if a False default is written as "--flag False" (UsageError) or a value is lost
+    ablations = load_ablations()
     from config import TINY_DEFAULTS
     cfg = stepcoder.parse_config(["--model", "deepseek-coder-1.3b", *ablations.tiny_flags(7)])
     for key, value in TINY_DEFAULTS.items():
