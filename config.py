@@ -40,7 +40,7 @@ class Config:
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard event files into the run directory (pip install tensorboard)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
-    eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy) after the warm start and at the end (tiny: on)"})
+    eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy; --eval-test-sampled: also sampled) after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------
     sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
@@ -58,6 +58,7 @@ class Config:
     eval_temperature: float = field(default=0.2, metadata={"help": "evaluation temperature; 0 means greedy only"})
     eval_samples: int = field(default=1, metadata={"help": "samples per problem at --eval-temperature: pass@1 is their mean pass rate"})
     eval_top_p: float = field(default=0.95, metadata={"help": "evaluation nucleus sampling"})
+    eval_test_sampled: bool = field(default=False, metadata={"help": "also sample the --test-data problems as the training ones (--eval-samples each at --eval-temperature): a finer held-out pass@1 than one greedy decode per problem (default: greedy only)"})
     timeout: float = field(default=4.0, metadata={"help": "seconds per unit test in the sandbox"})
     # --- PPO -----------------------------------------------------------------------------
     lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the adapter"})
@@ -138,7 +139,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         if not saved.exists():
             raise UsageError(f"--resume {given['resume']}: no config.json there; give the run directory of an earlier run")
         cfg = Config(**{**json.loads(saved.read_text()), **{k: v for k, v in given.items()
-                        if k in ("steps", "eval", "save_every", "test_data", "resume", "show_rollouts", "tensorboard")}})
+                        if k in ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts",
+                                 "tensorboard")}})
     else:
         model = given.get("model", Config.model)
         tiny = TINY_DEFAULTS if model == "tiny" else {**TINY_DEFAULTS, "sft_steps": 0} if is_tiny(model) else {}

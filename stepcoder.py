@@ -584,14 +584,14 @@ def train(cfg: Config):
 # ------------------------------- evaluation (not the method: pass@1 before and after RL) ---
 
 def run_evaluation(sampler, tok, evals: dict, cfg: Config, device, run_dir: Path, step: int) -> None:
-    """pass@1 at stage 0 on each problem set (held-out ones greedily only), into eval_step<N>.json. Its
-    own RNG, seeded with 0 at every evaluation of every run: a run with --eval trains exactly as one
-    without, and all evaluations share their random numbers (a change is the model's, not the draw's)."""
+    """pass@1 at stage 0 on each problem set (held-out ones greedily, unless --eval-test-sampled), into
+    eval_step<N>.json. Its own RNG, seeded with 0 at every evaluation of every run: a run with --eval trains
+    exactly as one without, and all evaluations share their random numbers (a change is the model's, not the draw's)."""
     report = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for split, problems in evals.items():
-            settings = cfg if split == "train" else replace(cfg, eval_temperature=0.0)
+            settings = cfg if split == "train" or cfg.eval_test_sampled else replace(cfg, eval_temperature=0.0)
             report[split] = evaluate(sampler, tok, problems, settings, device, f"step {step}, {split}")
     (run_dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
 

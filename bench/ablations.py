@@ -5,6 +5,8 @@
     python3 bench/ablations.py --settings stepcoder --eval-every 10 --out runs/curve  # pass@1 every 10 steps
     python3 bench/ablations.py --eval-every 10 --continue   # after an interruption: only the unfinished runs
     python3 bench/ablations.py --data data/family/train.json --test-data data/family/test.json --out runs/ablations-family
+    python3 bench/ablations.py --data data/family480/train.json --test-data data/family480/test.json --test-sampled \
+        --settings stepcoder no-cccs --steps 120 --out runs/family480-long     # held-out pass@1 sampled too
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
@@ -12,7 +14,7 @@ reference policy is that SFT model, as with `--model tiny`), as the paper's runs
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
 per problem at the rollout temperature, and greedy) and the same samples' mean reward; greedy
-pass@1 on the held-out problems (--test-data); pass@1 after RL on the train problems the warm
+pass@1 on the held-out problems (--test-data; with --test-sampled also from 8 samples each); pass@1 after RL on the train problems the warm
 start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
 and spread (min..max) over seeds, with each run's minutes; the rollout reward / pass-rate curves,
 and pass@1 and reward at the evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
@@ -94,29 +96,37 @@ def table(results: dict) -> None:
     def before_after(runs, before, after):
         return f"{cell([r[before] for r in runs])} -> {cell([r[after] for r in runs])}, " \
                f"{cell([r[after] - r[before] for r in runs], '+.3f')}"
+    sampled = all("test_after" in r for runs in results.values() for r in runs)  # --test-sampled
     print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
-          "change | held-out, greedy: before -> after, change | never solved by the warm start: pass@1 after | "
+          "change | held-out, greedy: before -> after, change | " + "held-out pass@1: before -> after, change | " * sampled +
+          "never solved by the warm start: pass@1 after | "
           "evaluation reward: before -> after | rollout reward, first 5 -> last 5 steps | stage-0 rollouts' reward | minutes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (11 + sampled) + "|")
     for name, runs in results.items():
         unsolved = f"{cell([r['unsolved_after'] for r in runs])} (n={runs[0]['unsolved_n']})" if runs[0].get("unsolved_n") else "-"
         held_out = before_after(runs, "test_greedy_before", "test_greedy_after") if "test_greedy_after" in runs[0] else "-"
         minutes = cell([r["minutes"] for r in runs], ".1f") if "minutes" in runs[0] else "-"
         print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
               f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {before_after(runs, 'greedy_before', 'greedy_after')} | "
-              f"{held_out} | {unsolved} | "
+              f"{held_out} | " + f"{before_after(runs, 'test_before', 'test_after')} | " * sampled + f"{unsolved} | "
               f"{cell([r['eval_reward'][0][1] for r in runs], '+.3f')} -> {cell([r['eval_reward'][-1][1] for r in runs], '+.3f')} | "
               f"{first_last(runs, 'reward')} | {first_last(runs, 'reward_stage0')} | {minutes} |")
     # A seed draws the same problems in every setting: compare the settings seed by seed too.
     (first, base), *others = results.items()
     for name, runs in others:
         for key, label in (("after", "pass@1 after RL"), ("test_greedy_after", "held-out greedy pass@1 after RL"),
+                           ("test_after", "held-out pass@1 (sampled) after RL"),
                            ("unsolved_after", "pass@1 after RL on the never-solved")):
             diffs = [a[key] - b[key] for a, b in zip(base, runs) if a["seed"] == b["seed"] and key in a and key in b
                      and not math.isnan(a[key] - b[key])]
             if diffs:
                 print(f"{first} minus {name}, {label}, same seeds: {statistics.mean(diffs):+.3f} "
                       f"({min(diffs):+.3f}..{max(diffs):+.3f}, {len(diffs)} seeds)")
+
+
+def is_sampled(report: dict) -> bool:
+    """Whether an evaluation report's pass@1 comes from samples (its problems have a sampled pass rate)."""
+    return any("pass@1" in rates for rates in report["problems"].values())
 
 
 def host() -> dict:
@@ -137,6 +147,8 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")
     ap.add_argument("--data", default=str(ROOT / "data" / "train.json"), help="training problems (the family: data/family/train.json)")
     ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily")
+    ap.add_argument("--test-sampled", action="store_true",
+                    help="also sample the held-out problems, 8 each (--eval-test-sampled): a finer held-out pass@1 than greedy's")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
@@ -159,12 +171,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)  # float rounding differs between hosts, and so do the runs (README)
     with open(out / "hosts.jsonl", "a") as f:  # one line per invocation (--continue may change hosts)
         f.write(json.dumps(host()) + "\n")
-    sft = out / "sft"
+    sft, sampled = out / "sft", ["--eval-test-sampled"] * args.test_sampled
     if not (sft / "eval_step0.json").exists():
         shutil.rmtree(sft, ignore_errors=True)
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
-                                                "--test-data", test_data, "--data", data, "--out", str(sft)]))
+                                                *sampled, "--test-data", test_data, "--data", data, "--out", str(sft)]))
     warm = json.loads((sft / "eval_step0.json").read_text())
+    if args.test_sampled and not is_sampled(warm["test"]):
+        print(f"ablations: error: {sft} was evaluated without --test-sampled: use another --out", file=sys.stderr)
+        return 2
     before = warm["train"]["overall"]
     # the train problems the warm start never solves at stage 0 (no sample passes, nor greedy decoding)
     unsolved = [pid for pid, rates in warm["train"].get("problems", {}).items() if max(rates.values()) == 0]
@@ -182,7 +197,7 @@ def main() -> int:
                 # first with no steps left, each evaluating at its end. Evaluation has its own RNG and a
                 # resumed run continues exactly, so this equals one run evaluating at each stop.
                 for stop in stops:
-                    stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval"]))
+                    stepcoder.train(stepcoder.parse_config(["--resume", str(run), "--steps", str(stop), "--eval", *sampled]))
                 (run / "minutes.json").write_text(json.dumps({"minutes": (time.time() - started) / 60, "host": host()}))
             reports = [json.loads((run / f"eval_step{stop}.json").read_text()) for stop in stops]
             evals = [report["train"]["overall"] for report in reports]
@@ -199,6 +214,8 @@ def main() -> int:
                                   "reward": [r["reward_mean"] for r in curve], "pass_rate": [r["pass_rate"] for r in curve],
                                   "reward_stage0": [r["reward_stage0"] for r in curve],
                                   "stage0": [r["stage_hist"].get("0", 0) / sum(r["stage_hist"].values()) for r in curve]})
+            if is_sampled(warm["test"]) and is_sampled(last["test"]):  # held-out pass@1 from samples too
+                results[name][-1].update(test_before=warm["test"]["overall"]["pass@1"], test_after=last["test"]["overall"]["pass@1"])
             if (run / "minutes.json").exists():
                 results[name][-1]["minutes"] = json.loads((run / "minutes.json").read_text())["minutes"]
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -1,4 +1,5 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -372,6 +373,32 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
     for key in ("greedy", "pass@1"):
         assert sum(p[key] for p in problems.values()) / len(problems) == pytest.approx(report["train"]["overall"][key])
         assert 0 < report["train"]["overall"][key] < 1 and all(0 <= p[key] <= 1 for p in problems.values())
+
+
+def test_eval_test_sampled_also_samples_the_held_out_problems_and_resume_takes_the_flag(tmp_path, monkeypatch):
+    # --eval-test-sampled: the held-out problems get --eval-samples samples each beside the greedy decode,
+    # and pass@1 comes from the samples (fails if the flag is ignored, or the greedy rate is reported)
+    calls, generate = [], stepcoder.generate
+    def counting(policy, tok, ids, am, n_new, temperature, *args):
+        calls.append((args[-1], temperature, len(ids)))
+        return generate(policy, tok, ids, am, n_new, temperature, *args)
+    monkeypatch.setattr(stepcoder, "generate", counting)
+    def every_third_passes(programs, problems, cfg):
+        return [SimpleNamespace(reward=1.0 if i % 3 == 0 else -1.0) for i in range(len(programs))]
+    monkeypatch.setattr(stepcoder, "sandbox_results", every_third_passes)
+    test_data = write_problems(tmp_path / "held_out.json", n=2)
+    args = tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data), "--eval-test-sampled")
+    stepcoder.train(stepcoder.parse_config(args))
+    evals = {(desc, t, n) for desc, t, n in calls if desc.startswith("eval step 0, test")}
+    assert evals == {("eval step 0, test, greedy", 0.0, 4), ("eval step 0, test, pass@1", 0.5, 8)}
+    held_out = json.loads((tmp_path / "run" / "eval_step0.json").read_text())["test"]["overall"]
+    assert held_out["n"] == 4 and held_out["pass@1"] == pytest.approx(3 / 8) and held_out["greedy"] == pytest.approx(2 / 4)
+    # a run started without the flag is evaluated with it when resumed with it (bench/ablations.py --test-sampled)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text(json.dumps(dataclasses.asdict(stepcoder.parse_config(tiny_args(tmp_path)))))
+    assert not stepcoder.parse_config(["--resume", str(saved)]).eval_test_sampled
+    assert stepcoder.parse_config(["--resume", str(saved), "--eval-test-sampled"]).eval_test_sampled
 
 
 @pytest.mark.parametrize("extra, needle", [
