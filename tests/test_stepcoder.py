@@ -349,9 +349,11 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
-def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sampled(tmp_path, monkeypatch):
-    # the test set gets one greedy decode per problem (held-out problems are not what RL optimises);
-    # the train set also gets --eval-samples samples each (fails if either set is evaluated otherwise)
+@pytest.mark.parametrize("sampled", [False, True])
+def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sampled(tmp_path, monkeypatch, sampled):
+    # the test set gets one greedy decode per problem (held-out problems are not what RL optimises), and
+    # with --eval-test-sampled also --eval-samples samples each, its pass@1 theirs; the train set always
+    # gets both (fails if either set is evaluated otherwise, or the flag is ignored)
     calls, generate = [], stepcoder.generate
     def counting(policy, tok, ids, am, n_new, temperature, *args):
         calls.append((args[-1], temperature, len(ids)))
@@ -361,12 +363,15 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
         return [SimpleNamespace(reward=1.0 if i % 3 == 0 else -1.0) for i in range(len(programs))]
     monkeypatch.setattr(stepcoder, "sandbox_results", every_third_passes)
     test_data = write_problems(tmp_path / "held_out.json", n=2)
-    stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data))))
+    flags = ["--eval-test-sampled"] * sampled
+    stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data), *flags)))
     evals = {(desc, t, n) for desc, t, n in calls if desc.startswith("eval")}
     assert evals == {("eval step 0, train, greedy", 0.0, 12), ("eval step 0, train, pass@1", 0.5, 24),
-                     ("eval step 0, test, greedy", 0.0, 4)}
+                     ("eval step 0, test, greedy", 0.0, 4), *[("eval step 0, test, pass@1", 0.5, 8)] * sampled}
     report = json.loads((tmp_path / "run" / "eval_step0.json").read_text())
-    assert report["test"]["overall"]["n"] == 4 and report["test"]["overall"]["pass@1"] == report["test"]["overall"]["greedy"]
+    held_out = report["test"]["overall"]  # 4 problems: greedy 2 of 4 pass (i = 0, 3), samples 3 of 8 (i = 0, 3, 6)
+    assert held_out["n"] == 4 and held_out["greedy"] == pytest.approx(2 / 4)
+    assert held_out["pass@1"] == pytest.approx(3 / 8 if sampled else held_out["greedy"])
     # each problem's pass rates: as many as the problems, and their mean is the overall rate
     problems = report["train"]["problems"]
     assert set(problems) == {str(p["problem_id"]) for p in json.loads((tmp_path / "probs.json").read_text())}
@@ -375,30 +380,11 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
         assert 0 < report["train"]["overall"][key] < 1 and all(0 <= p[key] <= 1 for p in problems.values())
 
 
-def test_eval_test_sampled_also_samples_the_held_out_problems_and_resume_takes_the_flag(tmp_path, monkeypatch):
-    # --eval-test-sampled: the held-out problems get --eval-samples samples each beside the greedy decode,
-    # and pass@1 comes from the samples (fails if the flag is ignored, or the greedy rate is reported)
-    calls, generate = [], stepcoder.generate
-    def counting(policy, tok, ids, am, n_new, temperature, *args):
-        calls.append((args[-1], temperature, len(ids)))
-        return generate(policy, tok, ids, am, n_new, temperature, *args)
-    monkeypatch.setattr(stepcoder, "generate", counting)
-    def every_third_passes(programs, problems, cfg):
-        return [SimpleNamespace(reward=1.0 if i % 3 == 0 else -1.0) for i in range(len(programs))]
-    monkeypatch.setattr(stepcoder, "sandbox_results", every_third_passes)
-    test_data = write_problems(tmp_path / "held_out.json", n=2)
-    args = tiny_args(tmp_path, "--steps", "0", "--eval", "--test-data", str(test_data), "--eval-test-sampled")
-    stepcoder.train(stepcoder.parse_config(args))
-    evals = {(desc, t, n) for desc, t, n in calls if desc.startswith("eval step 0, test")}
-    assert evals == {("eval step 0, test, greedy", 0.0, 4), ("eval step 0, test, pass@1", 0.5, 8)}
-    held_out = json.loads((tmp_path / "run" / "eval_step0.json").read_text())["test"]["overall"]
-    assert held_out["n"] == 4 and held_out["pass@1"] == pytest.approx(3 / 8) and held_out["greedy"] == pytest.approx(2 / 4)
+def test_resume_takes_eval_test_sampled(tmp_path):
     # a run started without the flag is evaluated with it when resumed with it (bench/ablations.py --test-sampled)
-    saved = tmp_path / "saved"
-    saved.mkdir()
-    (saved / "config.json").write_text(json.dumps(dataclasses.asdict(stepcoder.parse_config(tiny_args(tmp_path)))))
-    assert not stepcoder.parse_config(["--resume", str(saved)]).eval_test_sampled
-    assert stepcoder.parse_config(["--resume", str(saved), "--eval-test-sampled"]).eval_test_sampled
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(stepcoder.parse_config(tiny_args(tmp_path)))))
+    assert not stepcoder.parse_config(["--resume", str(tmp_path)]).eval_test_sampled
+    assert stepcoder.parse_config(["--resume", str(tmp_path), "--eval-test-sampled"]).eval_test_sampled
 
 
 @pytest.mark.parametrize("extra, needle", [
