@@ -14,8 +14,8 @@ reference policy is that SFT model, as with `--model tiny`), as the paper's runs
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
 per problem at the rollout temperature, and greedy) and the same samples' mean reward; greedy
-pass@1 on the held-out problems (--test-data; with --test-sampled also from 8 samples each); pass@1 after RL on the train problems the warm
-start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
+pass@1 on the held-out problems (--test-data; with --test-sampled also from 8 samples each); pass@1
+after RL on the train problems the warm start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
 and spread (min..max) over seeds, with each run's minutes; the rollout reward / pass-rate curves,
 and pass@1 and reward at the evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
 from the first, seed by seed (a seed draws the same problems in every setting); records the host
@@ -146,7 +146,7 @@ def main() -> int:
     ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")
     ap.add_argument("--data", default=str(ROOT / "data" / "train.json"), help="training problems (the family: data/family/train.json)")
-    ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily")
+    ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily (and sampled: --test-sampled)")
     ap.add_argument("--test-sampled", action="store_true",
                     help="also sample the held-out problems, 8 each (--eval-test-sampled): a finer held-out pass@1 than greedy's")
     ap.add_argument("--out", default="runs/ablations")
