@@ -478,6 +478,17 @@ def load_ablations():
     return ablations
 
 
+def ablation_bench_refusal(monkeypatch, capsys) -> list[str]:
+    """Run bench/ablations.py's main (sys.argv set by the caller), which must stop with exit code 2
+    before training anything; -> its stderr lines."""
+    ablations = load_ablations()
+    def train(cfg):
+        raise AssertionError("the bench went on to train")
+    monkeypatch.setattr(ablations.stepcoder, "train", train)
+    assert ablations.main() == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def test_the_ablation_bench_keeps_earlier_runs_unless_told(tmp_path, monkeypatch, capsys):
     # A second bench with the same --out (say, another setting) must not delete the first one's runs:
     # one line, exit 2, nothing touched (fails if the bench deletes OUT without --overwrite).
@@ -485,14 +496,22 @@ def test_the_ablation_bench_keeps_earlier_runs_unless_told(tmp_path, monkeypatch
     finished.parent.mkdir(parents=True)
     finished.write_text("{}")
     monkeypatch.setattr("sys.argv", ["ablations.py", "--settings", "no-cccs", "--out", str(tmp_path / "out")])
-    ablations = load_ablations()
-    def train(cfg):
-        raise AssertionError("the bench went on to train")
-    monkeypatch.setattr(ablations.stepcoder, "train", train)
-    assert ablations.main() == 2
-    error = capsys.readouterr().err.strip().splitlines()
+    error = ablation_bench_refusal(monkeypatch, capsys)
     assert len(error) == 1 and "--continue" in error[0] and "--overwrite" in error[0]
     assert finished.read_text() == "{}"
+
+
+def test_the_ablation_bench_refuses_test_sampled_on_a_warm_start_evaluated_greedily(tmp_path, monkeypatch, capsys):
+    # --test-sampled needs the warm start's held-out pass@1 from samples too: a kept OUT/sft evaluated
+    # greedily only is refused in one line, exit 2, before any run (fails if it trains on, comparing
+    # sampled runs against a greedy warm start)
+    sft = tmp_path / "out" / "sft"
+    sft.mkdir(parents=True)
+    greedy_only = {"overall": {"pass@1": 0.5, "greedy": 0.5, "n": 2}, "problems": {"1": {"greedy": 1.0}, "2": {"greedy": 0.0}}}
+    (sft / "eval_step0.json").write_text(json.dumps({"train": greedy_only, "test": greedy_only}))
+    monkeypatch.setattr("sys.argv", ["ablations.py", "--continue", "--test-sampled", "--out", str(tmp_path / "out")])
+    error = ablation_bench_refusal(monkeypatch, capsys)
+    assert len(error) == 1 and "--test-sampled" in error[0]
 
 
 def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
