@@ -13,9 +13,10 @@ base model is shared by all runs (`--model RUN/base` loads it like any local mod
 reference policy is that SFT model, as with `--model tiny`), as the paper's runs start from one
 SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
-per problem at the rollout temperature, and greedy) and the same samples' mean reward; greedy
-pass@1 on the held-out problems (--test-data; with --test-sampled also from 8 samples each); pass@1
-after RL on the train problems the warm start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
+per problem at the rollout temperature, and greedy), pass@8 (the share of problems any of the 8
+samples solves) and the samples' mean reward; greedy pass@1 on the held-out problems (--test-data;
+with --test-sampled also from 8 samples each, and pass@8); pass@1 after RL on the train problems
+the warm start never solved (no sample, not greedy: where exploration is hard, CCCS's case); each a mean
 and spread (min..max) over seeds, with each run's minutes; the rollout reward / pass-rate curves,
 and pass@1 and reward at the evaluated steps, as a PNG. Prints a markdown table for the README and each setting's difference
 from the first, seed by seed (a seed draws the same problems in every setting); records the host
@@ -97,25 +98,31 @@ def table(results: dict) -> None:
         return f"{cell([r[before] for r in runs])} -> {cell([r[after] for r in runs])}, " \
                f"{cell([r[after] - r[before] for r in runs], '+.3f')}"
     sampled = all("test_after" in r for runs in results.values() for r in runs)  # --test-sampled
+    pass8 = all("pass8_after" in r for runs in results.values() for r in runs)  # rows since 2026-12-02
+    test8 = all("test_pass8_after" in r for runs in results.values() for r in runs)  # and --test-sampled
     print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
-          "change | held-out, greedy: before -> after, change | " + "held-out pass@1: before -> after, change | " * sampled +
+          "change | " + "pass@8: before -> after, change | " * pass8 + "held-out, greedy: before -> after, change | " +
+          "held-out pass@1: before -> after, change | " * sampled + "held-out pass@8: before -> after, change | " * test8 +
           "never solved by the warm start: pass@1 after | "
           "evaluation reward: before -> after | rollout reward, first 5 -> last 5 steps | stage-0 rollouts' reward | minutes |")
-    print("|---" * (11 + sampled) + "|")
+    print("|---" * (11 + pass8 + sampled + test8) + "|")
     for name, runs in results.items():
         unsolved = f"{cell([r['unsolved_after'] for r in runs])} (n={runs[0]['unsolved_n']})" if runs[0].get("unsolved_n") else "-"
         held_out = before_after(runs, "test_greedy_before", "test_greedy_after") if "test_greedy_after" in runs[0] else "-"
         minutes = cell([r["minutes"] for r in runs], ".1f") if "minutes" in runs[0] else "-"
         print(f"| {name} | {cell([r['before'] for r in runs])} | {cell([r['after'] for r in runs])} | "
               f"{cell([r['after'] - r['before'] for r in runs], '+.3f')} | {before_after(runs, 'greedy_before', 'greedy_after')} | "
-              f"{held_out} | " + f"{before_after(runs, 'test_before', 'test_after')} | " * sampled + f"{unsolved} | "
+              + f"{before_after(runs, 'pass8_before', 'pass8_after')} | " * pass8 + f"{held_out} | "
+              + f"{before_after(runs, 'test_before', 'test_after')} | " * sampled
+              + f"{before_after(runs, 'test_pass8_before', 'test_pass8_after')} | " * test8 + f"{unsolved} | "
               f"{cell([r['eval_reward'][0][1] for r in runs], '+.3f')} -> {cell([r['eval_reward'][-1][1] for r in runs], '+.3f')} | "
               f"{first_last(runs, 'reward')} | {first_last(runs, 'reward_stage0')} | {minutes} |")
     # A seed draws the same problems in every setting: compare the settings seed by seed too.
     (first, base), *others = results.items()
     for name, runs in others:
-        for key, label in (("after", "pass@1 after RL"), ("test_greedy_after", "held-out greedy pass@1 after RL"),
-                           ("test_after", "held-out pass@1 (sampled) after RL"),
+        for key, label in (("after", "pass@1 after RL"), ("pass8_after", "pass@8 after RL"),
+                           ("test_greedy_after", "held-out greedy pass@1 after RL"),
+                           ("test_after", "held-out pass@1 (sampled) after RL"), ("test_pass8_after", "held-out pass@8 after RL"),
                            ("unsolved_after", "pass@1 after RL on the never-solved")):
             diffs = [a[key] - b[key] for a, b in zip(base, runs) if a["seed"] == b["seed"] and key in a and key in b
                      and not math.isnan(a[key] - b[key])]
@@ -127,6 +134,13 @@ def table(results: dict) -> None:
 def is_sampled(report: dict) -> bool:
     """Whether an evaluation report's pass@1 comes from samples (its problems have a sampled pass rate)."""
     return any("pass@1" in rates for rates in report["problems"].values())
+
+
+def pass_at_8(report: dict) -> float:
+    """pass@8 of a sampled report (8 samples per problem, as this bench evaluates): the share of its problems
+    that at least one sample solves. RL can raise pass@1 by concentrating on what it already solves while
+    pass@8 falls: fewer problems reached at all."""
+    return statistics.mean(rates["pass@1"] > 0 for rates in report["problems"].values())
 
 
 def host() -> dict:
@@ -148,7 +162,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "train.json"), help="training problems (the family: data/family/train.json)")
     ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily (and sampled: --test-sampled)")
     ap.add_argument("--test-sampled", action="store_true",
-                    help="also sample the held-out problems, 8 each (--eval-test-sampled): a finer held-out pass@1 than greedy's")
+                    help="also sample the held-out problems, 8 each (--eval-test-sampled): a finer held-out pass@1 than greedy's, and pass@8")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--png", default="docs/ablations.png")
     ap.add_argument("--replot", action="store_true", help="only reprint the table and redraw the PNG from OUT/results.json")
@@ -207,6 +221,7 @@ def main() -> int:
                                   "pass_at_1": [[0, before["pass@1"]]] + [[t, e["pass@1"]] for t, e in zip(stops, evals)],
                                   "eval_reward": [[0, before["reward"]]] + [[t, e["reward"]] for t, e in zip(stops, evals)],
                                   "greedy_before": before["greedy"], "greedy_after": after["greedy"],
+                                  "pass8_before": pass_at_8(warm["train"]), "pass8_after": pass_at_8(last["train"]),
                                   "test_greedy_before": warm["test"]["overall"]["greedy"],
                                   "test_greedy_after": last["test"]["overall"]["greedy"],
                                   "unsolved_n": len(unsolved), "unsolved_after": statistics.mean(
@@ -215,7 +230,8 @@ def main() -> int:
                                   "reward_stage0": [r["reward_stage0"] for r in curve],
                                   "stage0": [r["stage_hist"].get("0", 0) / sum(r["stage_hist"].values()) for r in curve]})
             if is_sampled(warm["test"]) and is_sampled(last["test"]):  # held-out pass@1 from samples too
-                results[name][-1].update(test_before=warm["test"]["overall"]["pass@1"], test_after=last["test"]["overall"]["pass@1"])
+                results[name][-1].update(test_before=warm["test"]["overall"]["pass@1"], test_after=last["test"]["overall"]["pass@1"],
+                                         test_pass8_before=pass_at_8(warm["test"]), test_pass8_after=pass_at_8(last["test"]))
             if (run / "minutes.json").exists():
                 results[name][-1]["minutes"] = json.loads((run / "minutes.json").read_text())["minutes"]
     (out / "results.json").write_text(json.dumps(results, indent=1))

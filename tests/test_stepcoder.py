@@ -514,6 +514,35 @@ def test_the_ablation_bench_refuses_test_sampled_on_a_warm_start_evaluated_greed
     assert len(error) == 1 and "--test-sampled" in error[0]
 
 
+def test_the_ablation_bench_reports_pass_at_8_from_finished_runs(tmp_path, monkeypatch):
+    # --continue on a finished warm start and run only aggregates: pass@8 is the share of problems any
+    # of the 8 samples solves (train: 2/4 -> 3/4; held-out: 1/2 -> 0/2), beside pass@1 (fails if it
+    # counts samples, or a problem no sample solves, or the bench trains again)
+    ablations = load_ablations()
+    def report(rates: dict) -> dict:
+        problems = {pid: {"pass@1": rate, "greedy": 0.0} for pid, rate in rates.items()}
+        return {"overall": {"pass@1": sum(rates.values()) / len(rates), "greedy": 0.0, "reward": 0.0}, "problems": problems}
+    out, run = tmp_path / "out", tmp_path / "out" / "stepcoder-seed0"
+    run.mkdir(parents=True)
+    (out / "sft").mkdir()
+    warm = {"train": report({"1": 0.0, "2": 0.125, "3": 1.0, "4": 0.0}), "test": report({"5": 0.5, "6": 0.0})}
+    (out / "sft" / "eval_step0.json").write_text(json.dumps(warm))
+    after = {"train": report({"1": 0.25, "2": 0.0, "3": 1.0, "4": 0.5}), "test": report({"5": 0.0, "6": 0.0})}
+    (run / "eval_step2.json").write_text(json.dumps(after))
+    step = {"reward_mean": 0.1, "pass_rate": 0.5, "reward_stage0": None, "stage_hist": {"1": 4}}
+    (run / "metrics.jsonl").write_text(json.dumps(step) + "\n" + json.dumps(step) + "\n")
+    monkeypatch.setattr("sys.argv", ["ablations.py", "--continue", "--seeds", "0", "--settings", "stepcoder", "--steps", "2",
+                                     "--test-sampled", "--out", str(out), "--png", str(tmp_path / "curves.png")])
+    def train(cfg):
+        raise AssertionError("the bench trained a finished run again")
+    monkeypatch.setattr(ablations.stepcoder, "train", train)
+    assert ablations.main() == 0
+    (row,) = json.loads((out / "results.json").read_text())["StepCoder (CCCS + FGO)"]
+    assert (row["pass8_before"], row["pass8_after"]) == (0.5, 0.75)
+    assert (row["test_pass8_before"], row["test_pass8_after"]) == (0.5, 0.0)
+    assert (row["test_before"], row["test_after"]) == (0.25, 0.0)
+
+
 def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
     # bench/ablations.py gives each run tiny's defaults as flags (its base is a local directory);
     # fails if a False default is written as "--flag False" (UsageError) or a value is lost
