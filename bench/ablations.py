@@ -6,7 +6,7 @@
     python3 bench/ablations.py --eval-every 10 --continue   # after an interruption: only the unfinished runs
     python3 bench/ablations.py --data data/family/train.json --test-data data/family/test.json --out runs/ablations-family
     python3 bench/ablations.py --data data/family480/train.json --test-data data/family480/test.json --test-sampled \
-        --settings stepcoder no-cccs --steps 120 --out runs/family480-long     # held-out pass@1 sampled too
+        --steps 120 --seeds 0 1 2 --eval-every 60 --out runs/family480-long   # held-out pass@1 and pass@8 sampled too
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
