@@ -98,7 +98,7 @@ def table(results: dict) -> None:
         return f"{cell([r[before] for r in runs])} -> {cell([r[after] for r in runs])}, " \
                f"{cell([r[after] - r[before] for r in runs], '+.3f')}"
     sampled = all("test_after" in r for runs in results.values() for r in runs)  # --test-sampled
-    pass8 = all("pass8_after" in r for runs in results.values() for r in runs)  # rows since 2026-12-02
+    pass8 = all("pass8_after" in r for runs in results.values() for r in runs)  # older results.json rows lack it
     test8 = all("test_pass8_after" in r for runs in results.values() for r in runs)  # and --test-sampled
     print(f"\n| setting | pass@1 after warm start | pass@1 after {steps} PPO steps | change | greedy: before -> after, "
           "change | " + "pass@8: before -> after, change | " * pass8 + "held-out, greedy: before -> after, change | " +
