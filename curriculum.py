@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from problems import DIFFICULTIES, DataError, Problem, load_problems, missing_id  # noqa: F401 (re-exported)
+from support.problems import DIFFICULTIES, DataError, Problem, load_problems, missing_id  # noqa: F401 (re-exported)
 
 # From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the problem;
 # one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha = 3 rollouts, so

@@ -17,7 +17,7 @@ Departures from the paper / the APPS harness, and why:
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
-from containment import EXCERPT, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
+from support.containment import EXCERPT, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
@@ -132,7 +132,7 @@ def main(argv=None):
     p.error = lambda msg: die(f"{msg}; usage: {usage}")
     args = p.parse_args(argv)
     try:
-        from problems import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
+        from support.problems import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
         with open(args.program, encoding="utf-8") as f:
             code = f.read()
         problems = {str(q.problem_id): q for q in load_problems(args.data)}

@@ -51,12 +51,12 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import curriculum
-import distributed
+from support import distributed
 import sandbox
-from config import Config, Interrupted, UsageError, is_tiny, parse_config
-from models import (FENCE, WARM_START_SAVE_EVERY, add_adapter, build_tiny, is_chat, load_base, make_sampler, quiet_libraries,
+from support.config import Config, Interrupted, UsageError, is_tiny, parse_config
+from support.models import (FENCE, WARM_START_SAVE_EVERY, add_adapter, build_tiny, is_chat, load_base, make_sampler, quiet_libraries,
                     refresh_sampler, save_tiny_base, warm_start)
-from runs import (check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard, plot_run,
+from support.runs import (check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard, plot_run,
                   prepare_run_dir, save_checkpoint, show_rollout, summary)
 
 

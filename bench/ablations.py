@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
+from support import config  # noqa: E402
 import stepcoder  # noqa: E402
 
 SETTINGS = {"StepCoder (CCCS + FGO)": [], "w/o CCCS": ["--no-cccs"], "w/o FGO": ["--no-fgo"],

@@ -24,7 +24,8 @@ an upper bound on (a).
 import argparse, concurrent.futures as cf, inspect, json, os, re, subprocess, sys, tempfile, time, types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import containment, sandbox  # noqa: E402
+import sandbox  # noqa: E402
+from support import containment  # noqa: E402
 
 
 def humaneval_jobs():

@@ -34,7 +34,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import curriculum, models, stepcoder  # noqa: E402
+import curriculum, stepcoder  # noqa: E402
+from support import models  # noqa: E402
 
 
 def compare(baseline, trainer, repeats=3):

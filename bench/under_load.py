@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = r"""
 import json, random, sys, time, torch
 sys.path.insert(0, ROOT)
-import curriculum, models
-from config import parse_config
+import curriculum
+from support import models
+from support.config import parse_config
 problems = curriculum.load_problems(ROOT + "/data/train.json")
 cfg = parse_config(["--model", "tiny", "--sft-steps", str(STEPS + 1)])
 tok, model = models.build_tiny(problems, 0)

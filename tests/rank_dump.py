@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import curriculum  # noqa: E402
-import distributed  # noqa: E402
+from support import distributed  # noqa: E402
 import stepcoder  # noqa: E402
 
 out, steps, scored, curricula = Path(sys.argv[1]), [], [], []

@@ -413,7 +413,7 @@ def test_cli_id_missing_says_which_ids_the_file_has(tmp_path, capsys, records, i
     assert capsys.readouterr().err.rstrip().endswith(f"p.json ({ids})")
 
 
-@pytest.mark.parametrize("module", ["curriculum", "problems"])
+@pytest.mark.parametrize("module", ["curriculum", "support.problems"])
 def test_does_not_import_torch_or_transformers(module):
     code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

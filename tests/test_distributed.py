@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import curriculum
-import distributed
+from support import distributed
 import stepcoder
-from config import UsageError
+from support.config import UsageError
 from conftest import ROOT, tiny_args
 
 RANKS, PROBLEMS, SAMPLES = 2, 4, 2

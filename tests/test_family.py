@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-import family
+from support import family
 from conftest import ROOT
 from curriculum import load_problems, split_points, stage_prefixes
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import curriculum
-import models
+from support import models
 import stepcoder
 from conftest import BOS, DEEPSEEK_SYSTEM_LINE, EOT, ROOT, run_cli, write_problems
 

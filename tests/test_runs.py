@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-import config
+from support import config
 import curriculum
-import models
+from support import models
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 

@@ -7,7 +7,7 @@ import json, os, signal, socket, subprocess, sys, textwrap, time
 
 import pytest
 
-import containment
+from support import containment
 import sandbox
 from sandbox import ExecResult, outputs_match, run_batch, run_tests, values_match
 
@@ -281,7 +281,7 @@ def test_child_is_not_a_fork_of_the_caller():
     assert run1("import sys\nprint('_pytest' in sys.modules, 'torch' in sys.modules)\n", "", "False False").status == "pass"
 
 
-@pytest.mark.parametrize("module", ["containment", "sandbox"])
+@pytest.mark.parametrize("module", ["support.containment", "sandbox"])
 def test_workers_and_the_judge_import_neither_torch_nor_transformers(module):  # workers import containment alone
     code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SANDBOX), capture_output=True, text=True)
@@ -338,7 +338,8 @@ def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores S
 CTRL_C = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-import containment, sandbox
+import sandbox
+from support import containment
 tests = {"inputs": [""], "outputs": [""], "fn_name": None}
 sandbox.run_batch([("print()", tests)] * 2, workers=2)
 print(*[w.pid for w in containment._POOL.workers], flush=True)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import models
+from support import models
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
@@ -547,7 +547,7 @@ def test_the_ablation_bench_passes_tinys_defaults_as_flags_that_parse_back():
     # bench/ablations.py gives each run tiny's defaults as flags (its base is a local directory);
     # fails if a False default is written as "--flag False" (UsageError) or a value is lost
     ablations = load_ablations()
-    from config import TINY_DEFAULTS
+    from support.config import TINY_DEFAULTS
     cfg = stepcoder.parse_config(["--model", "deepseek-coder-1.3b", *ablations.tiny_flags(7)])
     for key, value in TINY_DEFAULTS.items():
         if key not in ("sft_steps", "sft_lr", "eval"):

@@ -35,7 +35,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import curriculum
-from config import MODEL_ALIASES, TINY_MARKER, Config, UsageError
+from support.config import MODEL_ALIASES, TINY_MARKER, Config, UsageError
 
 FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one
 

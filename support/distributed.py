@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from config import UsageError
+from support.config import UsageError
 
 
 def world() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import Config, UsageError
+from support.config import Config, UsageError
 
 
 def check_run_dir(cfg: Config) -> int:

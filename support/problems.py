@@ -146,7 +146,7 @@ def missing_id(wanted: str, path: str | Path, problems: list[Problem]) -> str:
     else:
         have = f"{count}, ids {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
     message = f"no problem with id {wanted!r} in {path} ({have})"
-    for other in sorted((Path(__file__).parent / "data").glob("*.json*")):
+    for other in sorted((Path(__file__).resolve().parents[1] / "data").glob("*.json*")):
         if other.resolve() == Path(path).resolve():
             continue
         try:
