@@ -11,17 +11,18 @@ With E of them, K = ceil(sqrt(E)), S = ceil(E / K): stage c >= 1 gives the lines
 statement S*(c-1) (0-based), stage 0 nothing. A problem starts at stage K and moves one stage
 toward 0 when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
 
-Departures from the paper and why (the loader's: problems.py):
-1. Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is meant; we take
-   SPEC §3's reading: K completion stages, then plain generation (stage 0), as the text says.
-2. The paper gives neither alpha nor rho_t: ours are 0.3 and 0.6 (why: at ALPHA).
-3. When the caller passes `stage=`, a result from a stage the problem has already
-   left is ignored: 16 samples of one step must not push it through several stages.
-4. Prompt: `write an algorithm in python:` + question (+ function name and starter code);
-   chat models get it inside their template, then "```python\\n" opens the answer.
-5. A program whose first conditional is on line 1 (`for _ in range(int(input())):`, or below
-   only blank and comment lines) would get a stage 1 with no code in its prefix, plain
-   generation twice over: that stage is dropped, leaving K - 1 completion stages.
+Departures from the paper and why (the loader's: support/problems.py):
+1. Stages as the text reads: Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is
+   meant; we take docs/METHOD.md section 3's reading: K completion stages, then plain generation
+   (stage 0), as the text says.
+2. Our alpha and rho_t: the paper gives neither; ours are 0.3 and 0.6 (why: at ALPHA).
+3. Stale results ignored: when the caller passes `stage=`, a result from a stage the problem has
+   already left is ignored: 16 samples of one step must not push it through several stages.
+4. The prompt: `write an algorithm in python:` + question (+ function name and starter code);
+   chat models get it inside their template, then "```python\n" opens the answer.
+5. No completion stage without code: a program whose first conditional is on line 1 (`for _ in
+   range(int(input())):`, or below only blank and comment lines) would get a stage 1 with no code in
+   its prefix, plain generation twice over: that stage is dropped, leaving K - 1 completion stages.
 """
 import argparse
 import ast
@@ -29,6 +30,7 @@ import io
 import math
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,18 @@ def split_points(code: str) -> list[int]:
 
 
 def stage_prefixes(code: str) -> list[str]:
-    """Canonical prefixes of stages K, K-1, ..., 1, 0 (SPEC §3); the last is always ""."""
+    """Canonical prefixes of stages K, K-1, ..., 1, 0 (docs/METHOD.md, section 3); the last is always ""."""
     points, lines = split_points(code), _lines(code)
     if not points:
         return [""]
     K = math.ceil(math.sqrt(len(points)))
     S = math.ceil(len(points) / K)  # stage c holds the lines above point S*(c-1); they end with "\n"
     prefixes = ["".join(lines[: points[S * (c - 1)] - 1]) for c in range(K, 0, -1)]
-    has_code = lambda pre: any(line.strip() and not line.lstrip().startswith("#") for line in _lines(pre))
-    return [pre for pre in prefixes if has_code(pre)] + [""]  # departure 5: no completion stage without code
+    return [pre for pre in prefixes if _has_code(pre)] + [""]  # departure 'no completion stage without code'
+
+
+def _has_code(text: str) -> bool:
+    return any(line.strip() and not line.lstrip().startswith("#") for line in _lines(text))
 
 
 class Curriculum:
@@ -106,18 +111,53 @@ class Curriculum:
         self.alpha, self.rho_t, self.enabled = state["alpha"], state["rho_t"], state["enabled"]
 
 
+FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one
+
+
+def is_chat(tok: Any) -> bool:
+    """An instruct model's tokenizer carries a chat template; the tiny model's does not."""
+    return bool(getattr(tok, "chat_template", None))
+
+
 def build_prompt(problem: Problem, tokenizer: Any = None) -> str:
-    """SPEC §6. The trainer's full prompt is build_prompt(p, tok) + curriculum.prefix(id)."""
+    """docs/METHOD.md, section 6. The trainer's full prompt is build_prompt(p, tok) + the stage's prefix."""
     text = f"write an algorithm in python:\n{problem.question.strip()}\n"  # the paper's instruction
     if problem.fn_name is not None:
         text += f"\nThe function to write is `{problem.fn_name}`."
         if problem.starter_code.strip():
-            text += f" Complete this starter code:\n```python\n{problem.starter_code.rstrip()}\n```"
+            text += f" Complete this starter code:\n{FENCE}python\n{problem.starter_code.rstrip()}\n{FENCE}"
         text += "\n"
-    if getattr(tokenizer, "chat_template", None):
+    if is_chat(tokenizer):
         chat = [{"role": "user", "content": text}]
-        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "```python\n"
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + FENCE + "python\n"
     return text + "\n### Python solution:\n"
+
+
+def count_tokens(tok: Any, text: str) -> int:
+    """A prompt's tokens as the trainer encodes it: a chat template writes its own BOS; a plain prompt gets
+    the tokenizer's (if it has one)."""
+    return len(tok(text, add_special_tokens=not is_chat(tok))["input_ids"])
+
+
+def fit_prompt(tok: Any, problem: Problem, prefix: str, max_tokens: int) -> tuple[str, bool]:
+    """The prompt: instruction, then the stage's canonical prefix. It must end exactly where the scored
+    program's prefix ends, so over `max_tokens` only the problem statement is shortened (its end cut and
+    marked "..."), never the prefix or the chat template's generation header; a prompt whose prefix alone
+    is too long stays over the limit. The warm start and RL both build their prompts here.
+    -> (prompt, whether the statement was shortened)"""
+    def prompt(question: str) -> str:
+        return build_prompt(replace(problem, question=question), tok) + prefix
+    text = prompt(problem.question)
+    if count_tokens(tok, text) <= max_tokens:
+        return text, False
+    low, high = 0, len(problem.question)  # binary search: the longest head of the statement that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count_tokens(tok, prompt(problem.question[:middle] + " ...")) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return prompt(problem.question[:low] + " ..."), True
 
 
 def show(problem: Problem) -> str:

@@ -3,17 +3,19 @@
     python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]  # exit 0: pass
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
 
-Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's setting,
-SPEC §2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout, -1 compile error, the worst
-over the tests wins; and the line coverage FGO (§3.3, SPEC §4) masks the policy loss with: `executed_lines`,
-to be used only when `coverage_complete`. Outputs are compared here; programs run in containment.py.
+Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's
+setting, docs/METHOD.md section 2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout,
+-1 compile error, the worst over the tests wins; and the line coverage FGO (§3.3, docs/METHOD.md section
+4) masks the policy loss with: `executed_lines`, to be used only when `coverage_complete`. Outputs are
+compared here; programs run in support/containment.py, whose docstring lists what is isolated and what
+is not: a reward harness, not a jail for hostile code.
 
 Departures from the paper / the APPS harness, and why:
-1. Tests stop at the first runtime error or timeout (later tests cannot change status or reward):
-   `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
-2. Comparison is SPEC §2, not APPS's: whitespace tokens, numbers within 1e-6 abs/rel, no lower-casing or
-   set comparison (false passes). Two integers compare exactly, as in call-based tests (SPEC's tolerance
-   would pass 1000001 for 1000000). Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
+1. Tests stop early: at the first runtime error or timeout (later tests cannot change status or
+   reward): `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
+2. Strict comparison, not APPS's: whitespace tokens; two integers exactly, however long; other numbers
+   within 1e-6 absolute or relative; no lower-casing or set comparison (they pass wrong programs).
+   Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
@@ -44,7 +46,7 @@ class ExecResult:
     # may have run unmarked (containment.py's departure 1; coverage off; the sandbox failed): FGO keeps every token.
     coverage_complete: bool = False
 
-# ---------------------------------------------------------------- comparison (SPEC §2)
+# ---------------------------------------------------------------- comparison (docs/METHOD.md, section 2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
 
 def outputs_match(got: str, want: str) -> bool:
@@ -61,9 +63,11 @@ def values_match(got, want) -> bool:
     """Call-based tests: `==` with tuples as lists and floats within 1e-6; APPS's [value] too."""
     return _close(got, want) or isinstance(want, (list, tuple)) and len(want) == 1 and _close(got, want[0])
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
 def _close(a, b) -> bool:
-    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
-    if num(a) and num(b) and (isinstance(a, float) or isinstance(b, float)):
+    if _is_number(a) and _is_number(b) and (isinstance(a, float) or isinstance(b, float)):
         return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(map(_close, a, b))
@@ -98,7 +102,7 @@ def _check(tests, where):
         raise ValueError(f"{where}: call-based tests need a str fn_name and each input a list of arguments")
 
 def _judge(raw, tests) -> ExecResult:
-    """A worker's raw runs -> verdicts, status and reward (SPEC §2)."""
+    """A worker's raw runs -> verdicts, status and reward (Eq. 3)."""
     total = len(tests["inputs"])
     if "runs" not in raw:
         status = "compile_error" if "compile_error" in raw else "runtime_error"
@@ -119,20 +123,22 @@ def _judge(raw, tests) -> ExecResult:
                       coverage_complete=raw["complete"])
 
 # ---------------------------------------------------------------- command line
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # bad input: one line, status 2
+        self.exit(2, f"sandbox.py: error: {message}; usage: {self.usage}\n")
+
 def main(argv=None):
     usage = "python sandbox.py PROGRAM.py --data FILE --id ID [--timeout S] [--json] [--show-coverage]"
-    p = argparse.ArgumentParser(description="Run a program on a problem's tests: verdict, reward, coverage.", usage=usage)
+    p = _ArgumentParser(description="Run a program on a problem's tests: verdict, reward, coverage.", usage=usage)
     p.add_argument("program", help="a Python file")
     p.add_argument("--data", required=True, help="problems file (read by curriculum.load_problems)")
     p.add_argument("--id", required=True, help="problem_id of the problem whose tests to run")
     p.add_argument("--timeout", type=float, default=4.0, help="seconds per test (default 4)")
     p.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
     p.add_argument("--show-coverage", action="store_true", help="print the program, executed lines marked")
-    die = lambda msg: p.exit(2, f"sandbox.py: error: {msg}\n")  # one line, status 2
-    p.error = lambda msg: die(f"{msg}; usage: {usage}")
     args = p.parse_args(argv)
     try:
-        from support.problems import load_problems, missing_id  # the project's validated loader (APPS+ and APPS layouts)
+        from support.problems import load_problems, missing_id  # the validated loader (APPS+ and APPS layouts)
         with open(args.program, encoding="utf-8") as f:
             code = f.read()
         problems = {str(q.problem_id): q for q in load_problems(args.data)}
@@ -140,23 +146,18 @@ def main(argv=None):
             raise ValueError(missing_id(args.id, args.data, list(problems.values())))
         result = run_tests(code, problems[args.id].tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
-        die(str(e))
+        p.exit(2, f"sandbox.py: error: {e}\n")
     failure = _first_failure(result, problems[args.id].tests)
     if args.json:
         cut = None if failure is None else {k: _cut(v) if isinstance(v, str) else v for k, v in failure.items()}
-        print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines), "first_failure": cut}, indent=1))
+        print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines), "first_failure": cut},
+                         indent=1))
         return 0 if result.status == "pass" else 1
-    unmarked = result.status == "compile_error"  # nothing ran, and FGO keeps all its tokens (SPEC §4)
     if args.show_coverage:
-        print("coverage: + ran, - never ran, blank: a blank or comment line" + " (or nothing ran)" * unmarked)
-    if args.show_coverage and (unmarked or not result.coverage_complete):
-        print("(the program does not compile: no line ran, and FGO keeps every token of it)" if unmarked else
-              "(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
-    for n, line in enumerate(code.splitlines() if args.show_coverage else [], 1):
-        blank = unmarked or line.strip()[:1] in ("", "#")
-        print(f"{n:4} {'+' if n in result.executed_lines else ' ' if blank else '-'} | {line}")
+        print(_coverage(code, result))
     for i, d in enumerate(result.details, 1):
-        print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s" + (f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""))
+        error = f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""
+        print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s{error}")
     if failure is not None:
         print(f"first failing test: test {failure['test']} ({failure['verdict']})")
         show = str if problems[args.id].fn_name else repr  # call-based: JSON as it is; stdin: quoted, \n shown
@@ -164,6 +165,21 @@ def main(argv=None):
             print(f"  {key + ':':9} {_cut(failure[key], show)}")
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
     return 0 if result.status == "pass" else 1
+
+def _coverage(code: str, result) -> str:
+    """The program with each line marked: + ran, - never ran, blank: a blank or comment line. A program that
+    does not compile ran nothing, and FGO keeps all its tokens (docs/METHOD.md, section 4)."""
+    unmarked = result.status == "compile_error"
+    out = ["coverage: + ran, - never ran, blank: a blank or comment line" + (" (or nothing ran)" if unmarked else "")]
+    if unmarked:
+        out.append("(the program does not compile: no line ran, and FGO keeps every token of it)")
+    elif not result.coverage_complete:
+        out.append("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
+    for n, line in enumerate(code.splitlines(), 1):
+        blank = unmarked or line.strip()[:1] in ("", "#")
+        mark = "+" if n in result.executed_lines else " " if blank else "-"
+        out.append(f"{n:4} {mark} | {line}")
+    return "\n".join(out)
 
 def _first_failure(result, tests):
     """The first test that ran and did not pass: number, verdict, input, expected and actual output as text

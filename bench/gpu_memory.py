@@ -28,7 +28,7 @@ Caveats:
     an 80 GB card the caching allocator may reserve more than a 24 GB card would need (it frees its
     cache only under pressure): peak allocated is the floor, --emulate-24gb the direct test.
   * On a CPU (or with --scaled) the model is 2 layers, hidden size / 8 (head_dim 128, vocabulary
-    kept), max_new_tokens 64, --load-in-4bit: the numbers are NOT the GPU numbers, only the proof
+    kept), max_new_tokens 64, --quantize nf4: the numbers are NOT the GPU numbers, only the proof
     that the whole path (4-bit base, LoRA, value head, generate, sandbox, PPO update) runs.
 """
 import argparse, datetime, gc, json, os, resource, shlex, sys, tempfile
@@ -38,6 +38,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import curriculum, stepcoder  # noqa: E402
+from support import models  # noqa: E402
 
 # Published configs (config.json of deepseek-ai/deepseek-coder-{1.3b,6.7b}-instruct, as reproduced in
 # e.g. huggingface.co/unrahul/deepseek-coder-1.3b-instruct-nf4 and .../CMU-AIR2/code-full-hard (1.3B),
@@ -124,8 +125,8 @@ def budget(arch: str, cfg, prompt_tokens: int) -> dict:
 def sampler_gap(policy, cfg, tok, problems: list, device) -> float:
     """Mean |log p_sampler - log p_train| per generated token: 8 rollouts sampled by the merged sampler at the
     rollout's settings, scored by both models (the trainer's PPO ratio uses the training forward's)."""
-    sampler = stepcoder.make_sampler(policy, cfg)
-    stepcoder.refresh_sampler(sampler, policy)
+    sampler = models.make_sampler(policy, cfg)
+    models.refresh_sampler(sampler, policy)
     prompts = [stepcoder.fit_prompt(tok, p, "", cfg.max_prompt_tokens)[0] for p in problems[:8]]
     ids, mask = stepcoder.tokenize_prompts(tok, prompts, device)
     resp, lengths = stepcoder.generate(sampler, tok, ids, mask, cfg.max_new_tokens, cfg.temperature, cfg.top_p, 8, "gap")
@@ -149,7 +150,7 @@ def measure(arch: str, args, out_root: str) -> dict:
     max_new = args.max_new_tokens or (64 if scaled else 1024)
     argv = ["--model", model_dir, "--data", data, "--steps", str(args.steps), "--max-new-tokens", str(max_new),
             "--out", os.path.join(out_root, f"run-{arch}"), "--overwrite", "--save-every", "1000000"]
-    argv += (["--load-in-4bit"] if not cuda else []) + shlex.split(args.trainer_args)
+    argv += (["--quantize", "nf4"] if not cuda else []) + shlex.split(args.trainer_args)
     cfg = stepcoder.parse_config(argv)  # before the slow part: a bad --trainer-args flag fails here
     tok = build_tokenizer(problems, config.vocab_size)
     torch.manual_seed(0)

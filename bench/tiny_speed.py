@@ -55,8 +55,8 @@ def main():
     args = parser.parse_args()
     cfg = stepcoder.parse_config(["--model", "tiny"])
     problems = curriculum.load_problems(os.path.join(ROOT, "data/train.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
-    policy, value_head = stepcoder.add_adapter(model, cfg)
+    tok, model = models.build_tiny(problems, seed=0)
+    policy, value_head = models.add_adapter(model, cfg)
     policy.eval()
     rng = random.Random(0)
     batch = [p for p in rng.sample(problems, 8) for _ in range(4)]
@@ -66,7 +66,7 @@ def main():
     #    with a static KV cache (the trainer before 2026-12-02), which computes every row until the last
     #    one ends. Rows must end: the tiny model after a short warm start (100 steps), which ends its programs.
     warm_cfg = dataclasses.replace(cfg, sft_steps=100)
-    _, warm = stepcoder.build_tiny(problems, seed=0)
+    _, warm = models.build_tiny(problems, seed=0)
     with tempfile.TemporaryDirectory() as scratch:
         models.warm_start(warm, tok, problems, warm_cfg, random.Random(0), "cpu", Path(scratch) / "warm_start.pt")
     def transformers_generate(prompt_ids, prompt_mask, temperature, top_p):
@@ -189,8 +189,8 @@ def main():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.02)
-    sampler = stepcoder.make_sampler(policy, cfg)
-    stepcoder.refresh_sampler(sampler, policy)
+    sampler = models.make_sampler(policy, cfg)
+    models.refresh_sampler(sampler, policy)
     def gen_with(model):
         return stepcoder.generate(model, tok, ids, am, cfg.max_new_tokens, 0.0, 1.0, cfg.gen_batch_size, "greedy")[0]
     t_policy, t_merged, r_policy, r_merged = compare(lambda: gen_with(policy), lambda: gen_with(sampler))

@@ -12,6 +12,7 @@ The paper's settings and ours side by side: docs/METHOD.md, section 7.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,12 +24,11 @@ import curriculum
 class Config:
     # --- model -------------------------------------------------------------------------
     model: str = field(default="deepseek-coder-1.3b", metadata={"help": "tiny | deepseek-coder-1.3b | deepseek-coder-6.7b | a Hugging Face id | a local directory"})
-    no_4bit: bool = field(default=False, metadata={"help": "do not quantise the base model (4-bit NF4 is the default on CUDA)"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "force 4-bit NF4 loading, also on the CPU"})
+    quantize: str = field(default="auto", metadata={"help": "the base model's weights: auto (4-bit NF4 for a pretrained model on CUDA, else full precision) | nf4 (also on the CPU) | none"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names that get adapters (Llama family)"})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: the update's activations shrink from about 9 GiB to 1 GiB for 1.3B on paper (bench/gpu_memory.py --budget; ~30%% slower update; tiny: off)"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: far less memory for a slower update (bench/gpu_memory.py --budget; tiny: off)"})
     sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower)"})
     # --- data and run --------------------------------------------------------------------
     data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS layout)"})
@@ -74,26 +74,24 @@ class Config:
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (Eq. 2)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     # --- the two StepCoder components ----------------------------------------------------
-    no_cccs: bool = field(default=False, metadata={"help": "ablation: every problem at stage 0 (plain generation)"})
-    no_fgo: bool = field(default=False, metadata={"help": "ablation: no coverage mask on the policy loss"})
+    cccs: bool = field(default=True, metadata={"help": "the CCCS curriculum; --no-cccs, the ablation: every problem at stage 0 (plain generation)"})
+    fgo: bool = field(default=True, metadata={"help": "FGO's coverage mask on the policy loss; --no-fgo, the ablation: no mask"})
     cccs_alpha: float = field(default=curriculum.ALPHA, metadata={"help": "CCCS moving pass-rate factor"})
     cccs_threshold: float = field(default=curriculum.RHO_T, metadata={"help": "CCCS pass rate that moves a problem one stage on"})
 
 
-# `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs.
-# These settings differ from the paper's, measured on the bundled problems (docs/RESULTS.md):
-# - temperature 0.5: at 0.8 the tiny model's samples fail on every problem its greedy decoding
-#   fails (0 of 8 samples on each of 27), so there is nothing to reinforce there; at 0.5 some pass.
-# - evaluation: pass@1 from 8 samples per problem at the rollout's sampling settings (what RL
-#   optimises; one greedy decode per problem is a coarse, noisier measure), greedy beside it.
-# - lam 1.0: a fresh value head explains ~0% of the return's variance in 30 steps (metric
-#   explained_var); with lam 0.95 the reward's credit then decays as 0.95^k with the distance k
-#   from the last token, so a token 90 or more tokens before the end gets < 1% of it.
-# - 16 problems x 2 samples per step (32 rollouts, as 8 x 4): each of the 66 problems is visited ~7
-#   times in 30 steps instead of ~4. With 8 x 4 three seeds ended 0.470..0.513 pass@1 (their gain
-#   was no larger than that spread); with 16 x 2, 0.502..0.508; 5 seeds on another host, 0.491..0.519.
-# - rows_per_forward 2: on a CPU a forward's time is arithmetic, and a random batch of 8 warm-start
-#   rows is ~43% padding (docs/RESULTS.md, 2026-12-02).
+# `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs. Where these
+# settings differ from the paper's, the reason (the measurements: docs/RESULTS.md):
+# - temperature 0.5: at 0.8 the tiny model's samples fail on every problem its greedy decoding fails, so
+#   there is nothing to reinforce there; at 0.5 some pass.
+# - evaluation: pass@1 from 8 samples per problem at the rollout's sampling settings (what RL optimises;
+#   one greedy decode per problem is a coarser, noisier measure), greedy beside it.
+# - lam 1.0: a fresh value head explains almost none of the return's variance in 30 steps (metric
+#   explained_var); with lam 0.95 the reward's credit would decay as 0.95^k with the distance k from the
+#   last token, to under 1% of it 90 tokens before the end.
+# - 16 problems x 2 samples per step (32 rollouts, as 8 x 4): each problem is visited about twice as often.
+# - rows_per_forward 2: on a CPU a forward's time is arithmetic, and a random batch of warm-start rows is
+#   much padding.
 TINY_DEFAULTS = dict(gradient_checkpointing=False, sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
                      steps=30, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
                      minibatch_size=8, rows_per_forward=2, gen_batch_size=64, timeout=2.0, lora_r=16,
@@ -122,40 +120,70 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Every Config field is a flag; `--model tiny` changes the defaults the user did not set."""
+    """Every Config field is a flag (a boolean X: --X and --no-X); `--model tiny` changes the defaults the
+    user did not set; `--resume DIR` takes the run's saved config, with the few flags that may change."""
     parser = ArgumentParser(description="StepCoder, small: PPO + CCCS + FGO.", argument_default=argparse.SUPPRESS,
                             epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":  # --eval: tiny evaluates unless --no-eval
-            action = argparse.BooleanOptionalAction if f.name in TINY_DEFAULTS else "store_true"
-            parser.add_argument(flag, action=action, help=f.metadata["help"])
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{f.metadata['help']} (default: {f.default})")
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str),
                                 help=f"{f.metadata['help']} (default: {f.default!r})")
     given = vars(parser.parse_args(argv))
-    if given.get("resume"):  # the run's own config, with the few flags that may change
-        saved = Path(given["resume"]) / "config.json"
-        if not saved.exists():
-            raise UsageError(f"--resume {given['resume']}: no config.json there; give the run directory of an earlier run")
-        cfg = Config(**{**json.loads(saved.read_text()), **{k: v for k, v in given.items()
-                        if k in ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts",
-                                 "tensorboard")}})
+    if given.get("resume"):
+        cfg = Config(**{**saved_config(given["resume"]), **{k: v for k, v in given.items() if k in RESUME_FLAGS}})
     else:
-        model = given.get("model", Config.model)
-        tiny = TINY_DEFAULTS if model == "tiny" else {**TINY_DEFAULTS, "sft_steps": 0} if is_tiny(model) else {}
-        cfg = Config(**{**tiny, **given})  # a saved tiny base is warm-started already: no SFT on top
+        cfg = Config(**{**defaults_for(given.get("model", Config.model)), **given})
+    check_config(cfg)
+    cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
+    return cfg
+
+
+RESUME_FLAGS = ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts", "tensorboard")
+
+
+def defaults_for(model: str) -> dict:
+    """The defaults a model changes: tiny's for `tiny`; for a saved tiny base the same, less the warm start
+    (it is warm-started already); none for a pretrained model."""
+    if model == "tiny":
+        return TINY_DEFAULTS
+    if is_tiny(model):
+        return {**TINY_DEFAULTS, "sft_steps": 0}
+    return {}
+
+
+def saved_config(run_dir: str) -> dict:
+    """A run's config.json (runs saved before --quantize, --cccs and --fgo were named so are read too)."""
+    saved = Path(run_dir) / "config.json"
+    if not saved.exists():
+        raise UsageError(f"--resume {run_dir}: no config.json there; give the run directory of an earlier run")
+    values = json.loads(saved.read_text())
+    for old, new in (("no_cccs", "cccs"), ("no_fgo", "fgo")):
+        if old in values:
+            values[new] = not values.pop(old)
+    no_4bit, load_in_4bit = values.pop("no_4bit", False), values.pop("load_in_4bit", False)
+    if no_4bit or load_in_4bit:
+        values["quantize"] = "nf4" if load_in_4bit else "none"
+    return values
+
+
+def check_config(cfg: Config) -> None:
+    """Bad values, missing files and missing packages: one line (UsageError), before anything is written."""
     for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
-                 "max_new_tokens", "ppo_epochs", "minibatch_size", "rows_per_forward", "save_every", "lora_r", "eval_samples"):
+                 "max_new_tokens", "ppo_epochs", "minibatch_size", "rows_per_forward", "save_every", "lora_r",
+                 "eval_samples"):
         least = 0 if name in ("steps", "sft_steps", "rows_per_forward") else 1
         if getattr(cfg, name) < least:
             raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {getattr(cfg, name)}")
-    if cfg.sampler not in ("merged", "policy"):
-        raise UsageError(f"--sampler must be merged or policy, got {cfg.sampler!r}")
+    for name, choices in (("sampler", ("merged", "policy")), ("quantize", ("auto", "nf4", "none"))):
+        if getattr(cfg, name) not in choices:
+            raise UsageError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0 and cfg.eval_temperature >= 0):
         raise UsageError("need 0 < --top-p <= 1, --temperature > 0 and --eval-temperature >= 0")
     for name in ("data", "test_data") if cfg.eval else ("data",):
         if not Path(getattr(cfg, name)).is_file():
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: no such file")
-    cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
-    return cfg
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")

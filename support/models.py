@@ -8,19 +8,20 @@ frozen (4-bit NF4) base model, a value head of one linear layer on the same back
 policy as the same model with the adapter disabled; the SFT warm start the paper starts RL from.
 
 Where this departs from the paper, and why:
-    1. LoRA on a 4-bit NF4 base instead of full fine-tuning: the paper trains 6.7B on many GPUs; we
-       target 1.3B on one 24 GB GPU; only the adapter and the value head learn. 4-bit compute is bf16
-       on CUDA, float32 on the CPU (`--load-in-4bit`, for tests). `tiny` stays full precision float32.
-    2. The reference policy is "adapter off". For `tiny` the warm start trains the base weights before
-       the adapter exists, so the reference is exactly the SFT model (as in the paper). A pretrained
-       4-bit base cannot be trained: there `--sft-steps` trains the adapter itself and the reference
-       stays the base model (an instruct model is already SFT: no warm start by default).
-    3. The value head shares the policy's backbone (paper: a separate critic) to save memory.
-    4. Rollouts are sampled by a plain copy of the model whose weights are the policy's, merged
-       (`make_sampler`, `--sampler merged`): base weight (dequantized where 4-bit) + LoRA's B A. Decoding
-       then runs no 4-bit or LoRA kernels, the slow part of generation, at the cost of a copy of the base
-       in the compute dtype (2.7 GB for 1.3B in bf16). Its log-probs differ from the training forward's
-       by rounding only; PPO's ratio is computed from the training forward's, as before.
+    1. LoRA on a 4-bit base: a LoRA adapter on a 4-bit NF4 base instead of full fine-tuning: the paper
+       trains 6.7B on many GPUs; we target 1.3B on one 24 GB GPU; only the adapter and the value head
+       learn. 4-bit compute is bf16 on CUDA, float32 on the CPU (`--quantize nf4`, for tests). `tiny`
+       stays full precision float32.
+    2. The reference is "adapter off". For `tiny` the warm start trains the base weights before the
+       adapter exists, so the reference is exactly the SFT model (as in the paper). A pretrained 4-bit
+       base cannot be trained: there `--sft-steps` trains the adapter itself and the reference stays
+       the base model (an instruct model is already SFT: no warm start by default).
+    3. A shared value head: it reads the policy's backbone (paper: a separate critic), to save memory.
+    4. A merged sampler: rollouts are sampled by a plain copy of the model whose weights are the
+       policy's, merged (`make_sampler`, `--sampler merged`): base weight (dequantized where 4-bit) +
+       LoRA's B A. Decoding then runs no 4-bit or LoRA kernels, the slow part of generation, at the cost
+       of a copy of the base in the compute dtype (2.7 GB for 1.3B in bf16). Its log-probs differ from
+       the training forward's by rounding only; PPO's ratio is computed from the training forward's.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import json
 import math
 import random
 import sys
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,14 +38,56 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import curriculum
-from support.config import MODEL_ALIASES, TINY_MARKER, Config, UsageError
+from curriculum import FENCE, count_tokens, fit_prompt, is_chat
+from support import distributed
+from support.config import MODEL_ALIASES, TINY_MARKER, Config, UsageError, is_tiny
+from support.runs import Run, prepare_run_dir
 
-FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one
+
+@dataclass
+class Agent:
+    """What PPO trains and samples with."""
+    tok: object               # the tokenizer
+    policy: nn.Module         # the base model with its LoRA adapter; the reference: the adapter disabled
+    value_head: nn.Linear     # hidden size -> 1, float32, on the policy's last hidden state
+    sampler: nn.Module        # samples rollouts and evaluations: the policy, or its merged copy
+    device: torch.device
 
 
-def is_chat(tok) -> bool:
-    """An instruct model's tokenizer carries a chat template; the tiny model's does not."""
-    return bool(getattr(tok, "chat_template", None))
+def load_agent(cfg: Config, problems: list, run: Run, device, resuming: bool) -> Agent:
+    """The model as RL starts: a pretrained model loaded (nothing is written before it loaded), or tiny
+    built and warm-started by rank 0 and saved as RUN/base; then the adapter (a resumed run's from its
+    checkpoint), seeded with --seed, the value head, and the sampler. Every rank starts from rank 0's."""
+    warm_starting = {"where": "during the warm start", "saved": f"the warm start's, every {WARM_START_SAVE_EVERY} steps"}
+    sft_checkpoint = run.dir / "warm_start.pt"
+    if cfg.model != "tiny":
+        tok, base = load_base(cfg.model, cfg, device, tiny=is_tiny(cfg.model))
+    if distributed.is_main():
+        prepare_run_dir(cfg)
+    if cfg.model == "tiny":
+        if distributed.is_main() and not (run.dir / "base").exists():  # rank 0 builds it, every rank loads it
+            run.progress.update(warm_starting)
+            tok, model = build_tiny(problems, cfg.sft_seed)
+            warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+            save_tiny_base(model, tok, run.dir / "base", cfg)
+            sft_checkpoint.unlink(missing_ok=True)
+        distributed.barrier()
+        tok, base = load_base(str(run.dir / "base"), cfg, device, tiny=True)
+    torch.manual_seed(cfg.seed)  # the adapter's initial weights and RL's sampling: the same whether the base
+    adapter = str(run.dir / "checkpoint" / "adapter") if resuming else None  # was warm-started here or loaded
+    policy, value_head = add_adapter(base, cfg, adapter)
+    if not is_tiny(cfg.model) and cfg.sft_steps and not resuming and distributed.is_main():
+        run.progress.update(warm_starting)  # departure 'the reference is "adapter off"': SFT trains the adapter
+        warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+    distributed.broadcast_params([p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters()))
+    return Agent(tok, policy, value_head, make_sampler(policy, cfg), device)
+
+
+def make_optimizer(agent: Agent, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW over the adapter (--lr) and the value head (--vf-lr): the only weights that learn."""
+    adapter_params = [p for p in agent.policy.parameters() if p.requires_grad]
+    groups = [{"params": adapter_params, "lr": cfg.lr}, {"params": list(agent.value_head.parameters()), "lr": cfg.vf_lr}]
+    return torch.optim.AdamW(groups, eps=1e-5, weight_decay=0.0)
 
 
 def build_tiny(problems: list, seed: int):
@@ -72,22 +117,22 @@ def save_tiny_base(model, tok, directory: Path, cfg: Config) -> None:
 
 
 def quiet_libraries() -> None:
-    """transformers, huggingface_hub and bitsandbytes print progress bars and notices a run does not need."""
+    """transformers, huggingface_hub and bitsandbytes print progress bars and notices a run does not need.
+    Warnings stay on (peft's own deprecations are silenced where add_adapter calls it)."""
     import logging
-    import warnings
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     hub_logging.set_verbosity_error()
 
 
 def precision(cfg: Config, device_type: str, tiny: bool) -> tuple[bool, torch.dtype]:
-    """(4-bit NF4?, compute dtype). A pretrained model on CUDA: 4-bit with bf16 compute unless --no-4bit.
-    The tiny model stays full precision float32 everywhere (as on the CPU) unless --load-in-4bit."""
-    use_4bit = cfg.load_in_4bit or (device_type == "cuda" and not cfg.no_4bit and not tiny)
+    """(4-bit NF4?, compute dtype). --quantize auto: a pretrained model on CUDA loads in 4-bit NF4 with bf16
+    compute; tiny, and any model on the CPU, stays full precision float32. --quantize nf4 forces 4-bit
+    (also on the CPU, for tests), --quantize none forbids it."""
+    use_4bit = cfg.quantize == "nf4" or (cfg.quantize == "auto" and device_type == "cuda" and not tiny)
     dtype = torch.bfloat16 if device_type == "cuda" and not tiny else torch.float32
     return use_4bit, dtype
 
@@ -221,6 +266,19 @@ def refresh_sampler(sampler, policy) -> None:
         param.copy_(weight)
 
 
+def in_row_groups(forward, input_ids, attention_mask, rows_per_forward: int):
+    """forward(input_ids, attention_mask) -> a tuple of (B, ...) tensors, computed `rows_per_forward` rows at
+    a time, shortest first, so that a short row does not compute the longest one's padding (a CPU speed-up:
+    --rows-per-forward; 0: one pass). The outputs are the same up to float rounding, in the rows' order,
+    and a backward pass goes through every group."""
+    if not 0 < rows_per_forward < len(input_ids):
+        return forward(input_ids, attention_mask)
+    by_length = torch.argsort(attention_mask.sum(1), stable=True)                     # (B,)
+    groups = [forward(input_ids[rows], attention_mask[rows]) for rows in by_length.split(rows_per_forward)]
+    back_to_batch_order = torch.argsort(by_length)                                    # (B,)
+    return tuple(torch.cat(outputs)[back_to_batch_order] for outputs in zip(*groups))
+
+
 WARM_START_SAVE_EVERY = 50
 
 
@@ -247,46 +305,70 @@ def sft_backward(model, input_ids, attention_mask, labels, rows_per_forward: int
 
 
 def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, device, checkpoint: Path):
-    """Supervised fine-tuning on prompt + canonical solution (loss on the solution only). Every
-    WARM_START_SAVE_EVERY steps its state goes to `checkpoint` (a file); a warm start that finds it there
-    continues from it. The caller deletes it once the warm start's result is saved."""
+    """Supervised fine-tuning on prompt + canonical solution (loss on the solution only), the prompt built and
+    encoded as RL's (sft_row). Every WARM_START_SAVE_EVERY steps its state goes to `checkpoint` (a file); a
+    warm start that finds it there continues from it. The caller deletes it once its result is saved."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
-    warmup_then_cosine = lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine)
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    start = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["weights"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
-        tqdm.write(f"warm start: continuing from its checkpoint at step {start}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_then_cosine, total=cfg.sft_steps))
+    start = load_warm_start(checkpoint, model, optimizer, scheduler, rng)
     model.train()
     bar = tqdm(range(start, cfg.sft_steps), desc="warm start (SFT)", initial=start, total=cfg.sft_steps)
     for step in bar:
         batch = rng.sample(problems, min(cfg.sft_batch_size, len(problems)))
-        prompts = [curriculum.build_prompt(p, tok) for p in batch]
-        ending = FENCE + tok.eos_token if is_chat(tok) else tok.eos_token  # a chat model closes its fence
-        full = [prompt + p.canonical_solution + ending for prompt, p in zip(prompts, batch)]
-        enc = tok(full, return_tensors="pt", padding=True, padding_side="right", truncation=True,
-                  max_length=cfg.max_prompt_tokens + cfg.max_new_tokens, add_special_tokens=False).to(device)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)      # (B, T)
-        for row, prompt in enumerate(prompts):  # no loss on the prompt
-            labels[row, :len(tok(prompt, add_special_tokens=False)["input_ids"])] = -100
+        rows = [sft_row(tok, p, cfg) for p in batch]
+        encoded = tok([text for text, _ in rows], return_tensors="pt", padding=True, padding_side="right",
+                      add_special_tokens=not is_chat(tok)).to(device)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)  # (B, T)
+        for row, (_, n_prompt) in enumerate(rows):
+            labels[row, :n_prompt] = -100  # no loss on the prompt
         optimizer.zero_grad()
-        loss = sft_backward(model, enc["input_ids"], enc["attention_mask"], labels, cfg.rows_per_forward)
+        loss = sft_backward(model, encoded["input_ids"], encoded["attention_mask"], labels, cfg.rows_per_forward)
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % WARM_START_SAVE_EVERY == 0 and step + 1 < cfg.sft_steps:
-            weights = {name: p.detach() for name, p in model.named_parameters() if name in trainable}
-            torch.save({"weights": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step + 1},
-                       checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)  # whole or not at all
+            save_warm_start(checkpoint, model, optimizer, scheduler, rng, step + 1)
     model.eval()
+
+
+def sft_row(tok, problem, cfg: Config) -> tuple[str, int]:
+    """One warm-start row: the prompt RL gives the problem at stage 0 (curriculum.fit_prompt), the canonical
+    solution, and the end of an answer (a chat model closes its fence; then EOS). A row longer than
+    --max-prompt-tokens + --max-new-tokens loses the end of its statement, as an RL prompt does, never
+    its solution: the solution's tokens past --max-new-tokens come off the prompt's limit.
+    -> (the row's text, the number of its prompt's tokens)"""
+    answer = problem.canonical_solution + (FENCE + tok.eos_token if is_chat(tok) else tok.eos_token)
+    n_answer = len(tok(answer, add_special_tokens=False)["input_ids"])
+    limit = min(cfg.max_prompt_tokens, cfg.max_prompt_tokens + cfg.max_new_tokens - n_answer)
+    prompt, _ = fit_prompt(tok, problem, "", limit)
+    return prompt + answer, count_tokens(tok, prompt)
+
+
+def warmup_then_cosine(step: int, total: int) -> float:
+    """The warm start's learning-rate factor: a linear warm-up over 20 steps, then a cosine decay to 0."""
+    return min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def save_warm_start(checkpoint: Path, model, optimizer, scheduler, rng: random.Random, step: int) -> None:
+    """The warm start's trainable weights, optimizer, schedule and RNGs, whole or not at all."""
+    weights = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    torch.save({"weights": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step},
+               checkpoint.with_suffix(".tmp"))
+    checkpoint.with_suffix(".tmp").replace(checkpoint)
+
+
+def load_warm_start(checkpoint: Path, model, optimizer, scheduler, rng: random.Random) -> int:
+    """An interrupted warm start's state, if `checkpoint` holds one. -> the step to continue from (0: none)"""
+    if not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, weights_only=False)
+    model.load_state_dict(state["weights"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    tqdm.write(f"warm start: continuing from its checkpoint at step {state['step']}")
+    return state["step"]

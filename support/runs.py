@@ -13,13 +13,22 @@ import json
 import random
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from support.config import Config, UsageError
+
+
+@dataclass
+class Run:
+    """A run directory, and what Ctrl-C's one line says: where the run is and its last checkpoint."""
+    dir: Path
+    progress: dict            # {"where": ..., "saved": ...}
+    tensorboard: Any = None   # a SummaryWriter with --tensorboard (rank 0), else None
 
 
 def check_run_dir(cfg: Config) -> int:
@@ -64,6 +73,26 @@ def save_checkpoint(run_dir: Path, policy, value_head, optimizer, cccs, step: in
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(run_dir: Path) -> None:
+    """Before a resume reads the run's step, after a crash inside save_checkpoint: RUN/checkpoint becomes the
+    checkpoint the save left complete (its progress.json, written last, reads with a "step"): itself, else the
+    newer of checkpoint.tmp and checkpoint.old; the other folders are removed. Nothing complete (a new run): no change."""
+    def step(folder: Path) -> int | None:
+        try:
+            return json.loads((folder / "progress.json").read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    complete = [folder for folder in (final, tmp, old) if step(folder) is not None]
+    if not complete:
+        return
+    if final not in complete:
+        shutil.rmtree(final, ignore_errors=True)
+        max(complete, key=step).rename(final)
+    shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -189,8 +218,9 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
         mean = lambda xs: sum(xs) / len(xs)
         lines.append(f"rollout reward, first 5 -> last 5 steps: {mean([r['reward_mean'] for r in head]):+.3f} -> "
                      f"{mean([r['reward_mean'] for r in tail]):+.3f}; stages now {rows[-1]['stage_hist']}")
-    curves = run_dir / "curves.png"
-    lines.append(f"files: {run_dir}/metrics.jsonl, {run_dir}/checkpoint/" + (f", {curves}" if curves.exists() else "")
+    if (run_dir / "curves.png").exists():
+        lines.append(f"curves: {run_dir / 'curves.png'}")
+    lines.append(f"files: {run_dir}/metrics.jsonl, {run_dir}/checkpoint/"
                  + ("; continue with --resume " + str(run_dir) + " --steps N" if rows else ""))
     return "\n".join(lines)
 

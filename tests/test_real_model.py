@@ -1,6 +1,7 @@
 """The path of a pretrained instruct model (`--model DIR` or a hub id), through a local stand-in of
 DeepSeek-Coder-Instruct (conftest.build_deepseek_standin: its chat template and special tokens, a small
 Llama), and the trainer's typical wrong answers, each caught by a fast test here."""
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -9,20 +10,21 @@ import pytest
 import torch
 
 import curriculum
-from support import models
+import sandbox
+from support import models, runs
 import stepcoder
 from conftest import BOS, DEEPSEEK_SYSTEM_LINE, EOT, ROOT, run_cli, write_problems
 
 
 def load_standin(directory: Path, **flags):
     cfg = stepcoder.Config(model=str(directory), **flags)
-    return cfg, *stepcoder.load_base(str(directory), cfg, torch.device("cpu"))
+    return cfg, *models.load_base(str(directory), cfg, torch.device("cpu"))
 
 
 def tiny_policy(problems, lora_b_scale: float = 0.05):
     """The tiny model with a non-trivial adapter (LoRA's B starts at zero), as after some updates."""
-    tok, model = stepcoder.build_tiny(problems, seed=0)
-    policy, value_head = stepcoder.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
+    tok, model = models.build_tiny(problems, seed=0)
+    policy, value_head = models.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in policy.named_parameters():
@@ -52,7 +54,7 @@ def test_generation_stops_at_the_closing_fence_and_the_mask_ends_at_the_program(
     problems = curriculum.load_problems(standin_problems)
     prompts = [stepcoder.fit_prompt(tok, p, "", 512)[0] for p in problems]
     ids, mask = stepcoder.tokenize_prompts(tok, prompts, "cpu")
-    policy, _ = stepcoder.add_adapter(base, cfg)
+    policy, _ = models.add_adapter(base, cfg)
     resp, lengths = stepcoder.generate(policy, tok, ids, mask, 200, 0.0, 1.0, 4, "test")
     assert resp.shape[1] < 100  # stopped long before max_new_tokens
     for row, n, problem in zip(resp.tolist(), lengths.tolist(), problems):
@@ -60,7 +62,7 @@ def test_generation_stops_at_the_closing_fence_and_the_mask_ends_at_the_program(
         rest = tok.decode([t for t in row[n:] if t != tok.pad_token_id], skip_special_tokens=False)
         assert program == problem.canonical_solution  # the stand-in learnt its four programs
         assert rest == "```"  # the fence closes the response: nothing is generated after it
-        assert stepcoder.program_text(program, tok) == program
+        assert stepcoder.program_text(tok, row) == program
 
 
 def test_response_length_ends_at_the_programs_last_token():
@@ -79,7 +81,21 @@ def test_response_length_ends_at_the_programs_last_token():
     assert stepcoder.response_length(tok, [0, 2, 4, 99, 0]) == 4
 
 
-@pytest.mark.parametrize("flags", [[], ["--load-in-4bit"], ["--sft-steps", "3"]], ids=["bf-none", "4bit", "sft"])
+
+def test_a_fence_split_across_tokens_never_enters_the_scored_program():
+    class Tok:  # the closing fence split as "\n``" + "`": the token with the program's "\n" holds two backticks
+        chat_template, eos_token_id = "x", 99
+        pieces = {0: "print(1)", 1: "\n``", 2: "`", 3: "\nprint(2)", 99: ""}
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.pieces[i] for i in ids)
+    tok = Tok()
+    response = [0, 1, 2, 3, 99]
+    assert stepcoder.response_length(tok, response) == 2  # the actions end with "\n``"
+    program = stepcoder.program_text(tok, response)
+    assert program == "print(1)\n"
+    assert sandbox.run_tests(program, {"inputs": [""], "outputs": ["1\n"], "fn_name": None}).status == "pass"
+
+@pytest.mark.parametrize("flags", [[], ["--quantize", "nf4"], ["--sft-steps", "3"]], ids=["bf-none", "4bit", "sft"])
 def test_the_standin_trains_two_steps_through_the_hub_path(deepseek_standin, standin_problems, tmp_path, flags):
     args = ["--model", str(deepseek_standin), "--data", str(standin_problems), "--out", str(tmp_path / "run"),
             "--steps", "2", "--problems-per-step", "2", "--samples-per-problem", "2", "--max-new-tokens", "40",
@@ -90,7 +106,7 @@ def test_the_standin_trains_two_steps_through_the_hub_path(deepseek_standin, sta
     assert rows[0]["frac_compile_error"] < 1.0  # the programs run: the stand-in closes its fence
     lora_b = [v for k, v in policy.state_dict().items() if "lora_B" in k]
     assert any(v.abs().sum() > 0 for v in lora_b)  # the adapter learnt
-    if "--load-in-4bit" in flags:
+    if "nf4" in flags:
         import bitsandbytes as bnb
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
 
@@ -115,14 +131,14 @@ def test_a_tokenizer_that_loses_whitespace_is_refused_with_one_line(tmp_path):
 
 def test_a_long_prompt_loses_the_end_of_its_statement_never_the_prefix(tmp_path):
     problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, _ = stepcoder.build_tiny(problems, seed=0)
-    problem = stepcoder.replace(problems[0], question="Read an integer n. " + "Then think about it. " * 60 + "Print n + 0.")
+    tok, _ = models.build_tiny(problems, seed=0)
+    problem = dataclasses.replace(problems[0], question="Read an integer n. " + "Then think about it. " * 60 + "Print n + 0.")
     prefix = stepcoder.prompt_prefix(curriculum.stage_prefixes(problem.canonical_solution)[0])
     full, shortened = stepcoder.fit_prompt(tok, problem, prefix, 10_000)
     assert not shortened
-    limit = stepcoder.count_tokens(tok, full) - 40
+    limit = curriculum.count_tokens(tok, full) - 40
     text, shortened = stepcoder.fit_prompt(tok, problem, prefix, limit)
-    assert shortened and stepcoder.count_tokens(tok, text) <= limit
+    assert shortened and curriculum.count_tokens(tok, text) <= limit
     assert text.endswith("...\n\n### Python solution:\n" + prefix)  # statement cut, header and prefix whole
     assert "Read an integer n. Then think" in text and "Print n + 0." not in text
     ids, _ = stepcoder.tokenize_prompts(tok, [text, full], "cpu")  # tokenizing cuts nothing either
@@ -133,9 +149,9 @@ def test_tiny_stays_full_precision_on_cuda_and_pretrained_models_go_4bit():
     tiny, hub = stepcoder.Config(model="tiny"), stepcoder.Config()
     assert models.precision(tiny, "cuda", tiny=True) == (False, torch.float32)
     assert models.precision(tiny, "cpu", tiny=True) == (False, torch.float32)
-    assert models.precision(stepcoder.replace(tiny, load_in_4bit=True), "cuda", tiny=True)[0]
+    assert models.precision(dataclasses.replace(tiny, quantize="nf4"), "cuda", tiny=True)[0]
     assert models.precision(hub, "cuda", tiny=False) == (True, torch.bfloat16)
-    assert models.precision(stepcoder.replace(hub, no_4bit=True), "cuda", tiny=False) == (False, torch.bfloat16)
+    assert models.precision(dataclasses.replace(hub, quantize="none"), "cuda", tiny=False) == (False, torch.bfloat16)
     assert models.precision(hub, "cpu", tiny=False) == (False, torch.float32)
 
 
@@ -148,8 +164,8 @@ def test_a_checkpoint_keeps_and_restores_the_cuda_rng(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7, 8, 9], dtype=torch.uint8)])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
-    stepcoder.save_checkpoint(tmp_path, policy, value_head, optimizer, cur, 3, rng)
-    assert stepcoder.load_checkpoint(tmp_path / "checkpoint", value_head, optimizer, cur, rng) == 3
+    runs.save_checkpoint(tmp_path, policy, value_head, optimizer, cur, 3, rng)
+    assert runs.load_checkpoint(tmp_path / "checkpoint", value_head, optimizer, cur, rng) == 3
     assert len(restored) == 1 and restored[0][0].tolist() == [7, 8, 9]
 
 
@@ -161,10 +177,10 @@ def test_4bit_lora_gradients_equal_those_of_the_dequantised_float32_model(tmp_pa
     from transformers import AutoModelForCausalLM
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
     problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
+    tok, model = models.build_tiny(problems, seed=0)
     model.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
-    cfg, tok, quantised = load_standin(tmp_path / "base", load_in_4bit=True, lora_r=4)
+    cfg, tok, quantised = load_standin(tmp_path / "base", quantize="nf4", lora_r=4)
     layers = [m for m in quantised.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
     dequantised = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
@@ -178,7 +194,7 @@ def test_4bit_lora_gradients_equal_those_of_the_dequantised_float32_model(tmp_pa
     grads = []
     for model in (quantised, dequantised):
         torch.manual_seed(0)
-        policy, value_head = stepcoder.add_adapter(model, cfg)
+        policy, value_head = models.add_adapter(model, cfg)
         with torch.no_grad():
             for name, p in policy.named_parameters():
                 if "lora_B" in name:
@@ -219,7 +235,7 @@ def test_reference_log_probs_have_the_adapter_off(tmp_path):
               padding=True, padding_side="left")
     minibatches = torch.tensor([2, 0, 3, 1]).split(2)
     logprobs, ref_logprobs, _, _ = stepcoder.logprobs_before_update(
-        policy, value_head, enc["input_ids"], enc["attention_mask"], 16, minibatches, 1.0)
+        policy, value_head, enc["input_ids"], enc["attention_mask"], 16, minibatches, stepcoder.Config(temperature=1.0))
     with torch.no_grad(), policy.disable_adapter():
         base = stepcoder.logprobs_and_values(policy, value_head, enc["input_ids"], enc["attention_mask"], 16, 1.0)[0]
     assert torch.allclose(ref_logprobs, base, atol=1e-5)
@@ -237,7 +253,7 @@ def test_the_first_minibatch_ratio_is_one_in_bf16(tmp_path):
     ids, attn = enc["input_ids"], enc["attention_mask"]
     torch.manual_seed(3)
     minibatches = torch.randperm(len(ids)).split(8)
-    old, _, _, _ = stepcoder.logprobs_before_update(policy, value_head, ids, attn, 40, minibatches, 0.8)
+    old, _, _, _ = stepcoder.logprobs_before_update(policy, value_head, ids, attn, 40, minibatches, stepcoder.Config())
     policy.train()
     for mb in minibatches:
         new, _, _ = stepcoder.logprobs_and_values(policy, value_head, ids[mb], attn[mb], 40, 0.8)

@@ -4,18 +4,20 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from support import config
 import curriculum
-from support import models
+from support import models, runs
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 
@@ -62,7 +64,7 @@ def test_an_interrupted_warm_start_continues_from_its_checkpoint(tmp_path, monke
     problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
     cfg = stepcoder.Config(model="tiny", sft_steps=10, sft_lr=3e-3, max_prompt_tokens=256, max_new_tokens=64)
     def weights_after(interrupt_at: int | None):
-        tok, model = stepcoder.build_tiny(problems, seed=0)
+        tok, model = models.build_tiny(problems, seed=0)
         checkpoint = tmp_path / f"sft-{interrupt_at}.pt"
         if interrupt_at:
             seen = []
@@ -72,11 +74,11 @@ def test_an_interrupted_warm_start_continues_from_its_checkpoint(tmp_path, monke
                     raise KeyboardInterrupt
             hook = model.register_forward_pre_hook(count)
             with pytest.raises(KeyboardInterrupt):
-                stepcoder.warm_start(model, tok, problems, cfg, random.Random(0), "cpu", checkpoint)
+                models.warm_start(model, tok, problems, cfg, random.Random(0), "cpu", checkpoint)
             hook.remove()
             assert torch.load(checkpoint, weights_only=False)["step"] == 4
-            tok, model = stepcoder.build_tiny(problems, seed=0)  # a fresh process: the initial weights again
-        stepcoder.warm_start(model, tok, problems, cfg, random.Random(0), "cpu", checkpoint)
+            tok, model = models.build_tiny(problems, seed=0)  # a fresh process: the initial weights again
+        models.warm_start(model, tok, problems, cfg, random.Random(0), "cpu", checkpoint)
         return model.state_dict()
     straight, resumed = weights_after(None), weights_after(7)
     assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
@@ -139,9 +141,97 @@ def test_a_saved_tiny_base_is_tiny_and_starts_rl_at_once(tmp_path):
     cfg = stepcoder.parse_config(["--model", str(run / "base"), "--out", str(tmp_path / "look")])
     expected = {**config.TINY_DEFAULTS, "sft_steps": 0}  # warm-started already: no SFT on top
     assert {k: getattr(cfg, k) for k in expected} == expected
-    assert models.precision(cfg, "cuda", stepcoder.is_tiny(cfg.model)) == (False, torch.float32)
+    assert models.precision(cfg, "cuda", config.is_tiny(cfg.model)) == (False, torch.float32)
     look = run_cli(["--model", str(run / "base"), "--data", str(write_problems(tmp_path / "p.json")), "--steps", "1",
                     "--no-eval", "--show-rollouts", "1", "--out", str(tmp_path / "look")])
     assert look.returncode == 0, look.stderr[-2000:]
     assert "warm start" not in look.stderr and "step 1 |" in look.stdout and "--- problem" in look.stdout
     assert "no CUDA GPU" not in look.stderr  # tiny is the CPU demo: nothing to warn about
+
+
+class Crash(Exception):
+    """The process dies here."""
+
+
+class Adapter:
+    """What save_checkpoint needs of the peft model: save_pretrained writes the adapter's files."""
+    def __init__(self, step: int):
+        self.step = step
+
+    def save_pretrained(self, directory: Path):
+        directory.mkdir(parents=True)
+        (directory / "adapter_model.safetensors").write_text(f"step {self.step}")
+
+
+def crash_at(k: int, monkeypatch) -> list[str]:
+    """The k-th filesystem operation of save_checkpoint dies: a write leaves half its file, a removal one file
+    of its folder, a rename nothing. -> the operations as they run"""
+    ops = []
+    def dying(real, partial):
+        def op(*args, **kwargs):
+            ops.append(real.__name__)
+            if len(ops) == k:
+                partial(*args)
+                raise Crash(f"at {real.__name__} {args[:2]}")
+            return real(*args, **kwargs)
+        return op
+    monkeypatch.setattr(Path, "write_text", dying(Path.write_text, lambda path, text: Path.write_bytes(path, text[: len(text) // 2].encode())))
+    monkeypatch.setattr(torch, "save", dying(torch.save, lambda obj, path: Path(path).write_bytes(b"PK")))
+    monkeypatch.setattr(Path, "rename", dying(Path.rename, lambda path, target: None))
+    monkeypatch.setattr(shutil, "rmtree", dying(shutil.rmtree, lambda path: (Path(path) / "state.pt").unlink(missing_ok=True)))
+    return ops
+
+
+def test_a_crash_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    recovered, k, done = [], 0, False
+    while not done:
+        k += 1
+        run_dir = tmp_path / f"crash{k}"
+        run_dir.mkdir()
+        value_head, cccs = torch.nn.Linear(4, 1), curriculum.Curriculum(problems)
+        optimizer = torch.optim.AdamW(value_head.parameters())
+        for step in (5, 6):  # each checkpoint's value head holds its step
+            torch.nn.init.constant_(value_head.weight, step)
+            if step == 5:
+                runs.save_checkpoint(run_dir, Adapter(step), value_head, optimizer, cccs, step, random.Random(step))
+                continue
+            with monkeypatch.context() as m:
+                ops = crash_at(k, m)
+                try:
+                    runs.save_checkpoint(run_dir, Adapter(step), value_head, optimizer, cccs, step, random.Random(step))
+                    done = True
+                except Crash:
+                    pass
+        runs.recover_checkpoint(run_dir)
+        assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint"], k  # no checkpoint.tmp or .old left
+        head = torch.nn.Linear(4, 1)
+        step = runs.load_checkpoint(run_dir / "checkpoint", head, torch.optim.AdamW(head.parameters()),
+                                    curriculum.Curriculum(problems), random.Random())
+        assert step in (5, 6) and (step == 6 or not done), k
+        assert torch.all(head.weight == step), k  # one checkpoint's files, not two mixed
+        assert (run_dir / "checkpoint" / "adapter" / "adapter_model.safetensors").read_text() == f"step {step}"
+        assert runs.check_run_dir(config.Config(out=str(run_dir), resume=str(run_dir), steps=10, eval=False)) == step
+        recovered.append(step)
+    # every operation of the save was a crash point (the patches saw runs.py's calls), the last one after the
+    # new checkpoint was in place
+    assert ops == ["rmtree", "write_text", "save", "write_text", "rename", "rename", "rmtree"] and k == len(ops) + 1
+    assert recovered == [5, 5, 5, 5, 5, 6, 6, 6]  # from the second rename on (checkpoint.old, a complete .tmp): step 6
+
+
+def test_recovering_a_run_without_a_complete_checkpoint_changes_nothing(tmp_path):
+    (tmp_path / "checkpoint.tmp").mkdir()
+    (tmp_path / "checkpoint.tmp" / "progress.json").write_text('{"st')
+    runs.recover_checkpoint(tmp_path)
+    runs.recover_checkpoint(tmp_path / "new-run")
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.tmp"] and not (tmp_path / "new-run").exists()
+
+
+def test_the_summary_names_the_curves_png(tmp_path):
+    row = {"step": 1, "reward_mean": 0.1, "pass_rate": 0.5, "kl": 0.01, "fgo_kept": 0.9, "stage_hist": {"0": 3, "1": 2}}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({**row, "step": s}) + "\n" for s in (1, 2)))
+    assert "curves:" not in runs.summary(tmp_path)
+    assert runs.plot_run(tmp_path) == tmp_path / "curves.png"
+    lines = runs.summary(tmp_path).splitlines()
+    assert f"curves: {tmp_path}/curves.png" in lines
+    assert lines[-1].startswith(f"files: {tmp_path}/metrics.jsonl, {tmp_path}/checkpoint/; continue with --resume")

@@ -1,13 +1,15 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
 import dataclasses
+import importlib.util
 import json
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from support import models
+from support import models, runs
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
@@ -119,7 +121,7 @@ def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_pa
             probe = dict(input_ids=ids[:2], attention_mask=am[:2])
             gaps.append((sampler is policy, (sampler(**probe).logits[:, -1] - policy(**probe).logits[:, -1]).abs().max().item()))
         return generate(sampler, tok, ids, am, *args)
-    make_sampler = stepcoder.make_sampler
+    make_sampler = models.make_sampler
     def remember(policy_model, config):  # the test reads the policy the trainer builds
         built["policy"] = policy_model
         return make_sampler(policy_model, config)
@@ -137,8 +139,8 @@ def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_pa
 def test_ratio_is_one_on_the_first_minibatch(tmp_path):
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
     cfg = stepcoder.Config(model="tiny", lora_r=4)
-    tok, model = stepcoder.build_tiny(problems, seed=0)
-    policy, value_head = stepcoder.add_adapter(model, cfg)
+    tok, model = models.build_tiny(problems, seed=0)
+    policy, value_head = models.add_adapter(model, cfg)
     with torch.no_grad():  # make the adapter non-trivial, as after some updates
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -163,8 +165,8 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
     # (and positions from it) a row's log-probs, values and greedy continuation are those it gets
     # alone; dropping the shared columns must keep that (fails if it drops one column too many).
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
-    policy, value_head = stepcoder.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
+    tok, model = models.build_tiny(problems, seed=0)
+    policy, value_head = models.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
     texts = [stepcoder.curriculum.build_prompt(p) + p.canonical_solution for p in problems[:3]]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
     ids = torch.cat([torch.full((3, 7), tok.pad_token_id), enc["input_ids"]], 1)  # 7 shared padding columns
@@ -191,7 +193,7 @@ def test_a_row_gets_the_same_results_alone_and_in_a_left_padded_batch(tmp_path):
 
 def decode_setup(tmp_path):
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
+    tok, model = models.build_tiny(problems, seed=0)
     model.eval()
     enc = tok([stepcoder.curriculum.build_prompt(p) for p in problems[:4]], return_tensors="pt", padding=True, padding_side="left")
     return tok, model, enc["input_ids"], enc["attention_mask"]
@@ -253,8 +255,8 @@ def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp
     # the minibatch's order, and a loss on them must have the gradient of the one-pass minibatch
     # (fails if the groups' outputs are not put back in order, or a group is dropped).
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
-    policy, value_head = stepcoder.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
+    tok, model = models.build_tiny(problems, seed=0)
+    policy, value_head = models.add_adapter(model, stepcoder.Config(model="tiny", lora_r=4))
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
@@ -270,7 +272,7 @@ def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp
     def outputs_and_gradient(rows_per_forward):
         policy.zero_grad()
         value_head.zero_grad()
-        outputs = stepcoder.logprobs_and_values(policy, value_head, ids, attn, G, 0.8, rows_per_forward)
+        outputs = stepcoder.forward_rows(policy, value_head, ids, attn, G, stepcoder.Config(rows_per_forward=rows_per_forward))
         ((outputs[0] + outputs[2]) * weights).sum().backward()
         grads = [p.grad.clone() for p in [*policy.parameters(), *value_head.parameters()] if p.grad is not None]
         return [x.detach() * response_mask for x in outputs], grads
@@ -282,11 +284,40 @@ def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp
         assert all((a - b).norm() <= 1e-4 * a.norm() for a, b in zip(whole_grads, grouped_grads))  # float rounding
 
 
+
+def test_the_warm_start_encodes_rl_prompts_and_cuts_a_long_row_in_its_statement(tmp_path, monkeypatch):
+    # One prompt path: a warm-start row begins with the ids RL gives the problem's stage-0 prompt (BOS
+    # included, for a plain tokenizer that has one), and a row over --max-prompt-tokens + --max-new-tokens
+    # loses the end of its statement, never its solution or EOS.
+    from tokenizers import processors
+    problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    long = dataclasses.replace(problems[0], question="Read an integer n. " + "Think about it. " * 80)
+    tok, model = models.build_tiny(problems, seed=0)
+    tok.add_special_tokens({"bos_token": "<bos>"})
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)])
+    cfg = stepcoder.Config(model="tiny", sft_steps=1, sft_batch_size=1, max_prompt_tokens=200, max_new_tokens=20)
+    seen = {}
+    def record(model, input_ids, attention_mask, labels, rows_per_forward):
+        seen.update(ids=input_ids[0].tolist(), labels=labels[0].tolist())
+        return torch.zeros(())
+    monkeypatch.setattr(models, "sft_backward", record)
+    models.warm_start(model, tok, [long], cfg, random.Random(0), "cpu", tmp_path / "sft.pt")
+    prompt, shortened = stepcoder.fit_prompt(tok, long, "", cfg.max_prompt_tokens)
+    rl_ids = stepcoder.tokenize_prompts(tok, [prompt], "cpu")[0][0].tolist()
+    assert seen["ids"][0] == tok.bos_token_id and rl_ids[0] == tok.bos_token_id
+    solution = tok(long.canonical_solution + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert seen["ids"][-len(solution):] == solution and seen["ids"][-1] == tok.eos_token_id  # all of it
+    n_prompt = seen["labels"].count(-100)
+    assert seen["labels"][n_prompt:] == seen["ids"][n_prompt:]  # the loss is on the solution alone
+    assert len(seen["ids"]) <= cfg.max_prompt_tokens + cfg.max_new_tokens + 1 and shortened
+    assert tok.decode(seen["ids"][:n_prompt], skip_special_tokens=True).endswith("...\n\n### Python solution:\n")
+
 def test_the_warm_start_gradient_is_the_batch_mean_in_length_groups(tmp_path):
     # The warm start's rows run --rows-per-forward at a time; each group's mean loss is weighted by its
     # share of the target tokens, so loss and gradient are the whole batch's (fails without the weights).
     problems = stepcoder.curriculum.load_problems(write_problems(tmp_path / "p.json"))
-    tok, model = stepcoder.build_tiny(problems, seed=0)
+    tok, model = models.build_tiny(problems, seed=0)
     texts = [stepcoder.curriculum.build_prompt(p) + p.canonical_solution + tok.eos_token for p in problems[:5]]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)          # (B, T)
@@ -318,7 +349,7 @@ def test_adapters_change_and_base_weights_do_not(tmp_path):
 
 
 def test_4bit_tiny_path_loads_and_trains(tmp_path):
-    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "1", "--load-in-4bit"))
+    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--steps", "1", "--quantize", "nf4"))
     run_dir, policy, _ = stepcoder.train(cfg)
     import bitsandbytes as bnb
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
@@ -406,6 +437,15 @@ def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, extra, needle):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+
+def test_tensorboard_without_the_package_stops_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    assert stepcoder.main(tiny_args(tmp_path, "--tensorboard")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install tensorboard" in lines[0]
+    assert not (tmp_path / "run").exists()  # the same command works once the package is installed
+
 def test_bad_data_fails_with_one_line_naming_the_record(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"problem_id": 1, "question": "q", "canonical_solution": "print(1)\n",
@@ -430,7 +470,7 @@ def test_cccs_prompt_tokenizes_as_the_warm_start_saw_it():
     # warm start trained on; a prefix ending in "\n" is not (BPE merges "\n" with the indentation).
     import curriculum
     problems = curriculum.load_problems(ROOT / "data" / "train.json")
-    tok, _ = stepcoder.build_tiny(problems, seed=0)
+    tok, _ = models.build_tiny(problems, seed=0)
     good = bad = 0
     for p in problems:
         prompt = curriculum.build_prompt(p, tok)
@@ -447,7 +487,7 @@ def test_cccs_prompt_tokenizes_as_the_warm_start_saw_it():
 def test_show_rollout_marks_prefix_lines_and_masked_tokens():
     from types import SimpleNamespace
     result = SimpleNamespace(status="pass", reward=1.0, executed_lines=frozenset({1, 2}))
-    text = stepcoder.show_rollout(SimpleNamespace(problem_id=7), 1, stepcoder.prompt_prefix("a = 1\nb = 2\n"),
+    text = runs.show_rollout(SimpleNamespace(problem_id=7), 1, stepcoder.prompt_prefix("a = 1\nb = 2\n"),
                                   ["\nif a:", "\n    b = 3"], [1.0, 0.0], result)
     body = text.splitlines()[2:]
     # the prefix's two lines are prompt ('|'); the policy wrote the line break after line 2
