@@ -43,14 +43,14 @@ class ExecResult:
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
     # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False: some
-    # may have run unmarked (containment.py's departure 1; coverage off; the sandbox failed): FGO keeps every token.
+    # may have run unmarked (support/containment.py, departure 'tracing never decides a verdict'; coverage off; the sandbox failed): FGO keeps every token.
     coverage_complete: bool = False
 
 # ---------------------------------------------------------------- comparison (docs/METHOD.md, section 2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
 
 def outputs_match(got: str, want: str) -> bool:
-    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 2)."""
+    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 'strict comparison')."""
     a, b = got.split(), want.split()
     return a == b or len(a) == len(b) and all(x == y or _same_number(x, y) for x, y in zip(a, b))
 

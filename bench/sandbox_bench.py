@@ -13,7 +13,7 @@ All in one run on this machine, same programs, same parallelism (--workers, defa
       from its source (site-packages untouched) so that the baseline really runs the programs. The
       output says which: the 1.0.3 installed here has it enabled.
   (c) a fresh `python` interpreter per test (subprocess.run of sys.executable on the program file).
-Targets (issue 2): (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
+Targets: (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
 Every method must pass all 164; the counts are printed next to the speeds. Each time is the best
 of --repeats runs (the machine may be shared: compare ratios, measured in the same run).
 Also printed: the floor under any fork-per-test sandbox here, from CPU time, not wall time: a bare
@@ -101,7 +101,7 @@ def run_all(traced):  # each program compiled and run here, traced as a sandbox 
     start = time.process_time()
     for code in programs:
         program, lines = compile(code, "<solution>", "exec"), bytearray(code.count("\n") + 2)
-        traced and containment._trace_lines(lines, program, time.monotonic() + float(sys.argv[2]))  # b: containment.py, departure 1
+        traced and containment._trace_lines(lines, program, time.monotonic() + float(sys.argv[2]))  # b: support/containment.py, departure 'tracing never decides a verdict'
         with contextlib.redirect_stdout(io.StringIO()):
             exec(program, {"__name__": "__main__"})
         sys.settrace(None), threading.settrace(None)

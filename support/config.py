@@ -1,7 +1,7 @@
 """The trainer's configuration: one dataclass, every field a command-line flag of stepcoder.py.
 
     python stepcoder.py --help          # every flag, with its default
-    python -c "import config; print(config.Config())"
+    python -c "from support import config; print(config.Config())"
 
 What it holds: the run's settings (model, data, rollouts, PPO, the two StepCoder components), the
 defaults `--model tiny` changes for a laptop CPU (TINY_DEFAULTS, with the reasons), and the parsing
@@ -65,7 +65,7 @@ class Config:
     vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: it must catch up fast)"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
     minibatch_size: int = field(default=4, metadata={"help": "sequences per gradient step"})
-    rows_per_forward: int = field(default=0, metadata={"help": "rows per forward pass in the PPO forwards and the warm start: a minibatch is sorted by length and run in groups of this many rows, so that a short row does not compute the longest one's padding; one gradient step per minibatch as before, the same up to float rounding (0: the whole minibatch in one pass; tiny: 2, faster on a CPU)"})
+    rows_per_forward: int = field(default=0, metadata={"help": "rows per forward pass in the PPO forwards and the warm start: a minibatch is sorted by length and run in groups of this many rows, so that a short row does not compute the longest one's padding; still one gradient step per minibatch, the same up to float rounding (0: the whole minibatch in one pass; tiny: 2, faster on a CPU)"})
     clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip (Eq. 1)"})
     vf_clip: float = field(default=0.2, metadata={"help": "value clip"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})

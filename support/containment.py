@@ -15,11 +15,11 @@ Departures from the paper / the APPS harness, and why:
    `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
    not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
    another path when re-run, say random, can still leave a line of its first run unmarked.)
-2. `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
+2. Executed lines, as marked: `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
    `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
-3. Per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
-4. Workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
-5. At exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
+3. A wall-clock limit per test: a per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
+4. Warm workers: workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
+5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
    then free the module's globals, which flushes forgotten files.
 
 Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
@@ -205,7 +205,7 @@ class _Abandoned(Exception):
     """The caller closed the pool during a test: its processes are killed, and the worker exits."""
 
 def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
-    """Compile once, run each test in a fresh child (departure 1; sandbox.py's 1); raw runs, executed lines."""
+    """Compile once, run each test in a fresh child (departure 'tracing never decides a verdict'; sandbox.py's 'tests stop early'); raw runs, executed lines."""
     try:
         program = compile(code, FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
@@ -214,7 +214,7 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
     runs = []
     complete = coverage
-    rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 1)
+    rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 'tracing never decides a verdict')
     for inp in inputs:
         if cov is None:
             run = _run_one(program, inp, fn_name, timeout, None, ctx)
@@ -226,13 +226,13 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
         if run[0] != "ok":
             break
     hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
-    real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 2:
+    real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 'executed lines, as marked':
     hit |= {n for n, nxt in zip(real, real[1:])
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit), "complete": complete}
 
 def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_limit):
-    """One test, traced (departure 1) -> (its run, whether every line that ran in it is marked in cov,
+    """One test, traced (departure 'tracing never decides a verdict') -> (its run, whether every line that ran in it is marked in cov,
     seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
     budget = min(0.1, timeout / 10)
     run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
@@ -301,7 +301,7 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
 
 def _child(program, inp, fn_name, cwd, limits, trace, ctx):
     """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
-    as CPython does (departure 5). Never returns."""
+    as CPython does (departure 'a CPython exit'). Never returns."""
     status = 1
     try:
         os.setsid()
@@ -368,7 +368,7 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
 
 def _trace_lines(buf, program, stop_at):
     """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
-    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 1)."""
+    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 'tracing never decides a verdict')."""
     codes = [program]
     for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]

@@ -1,6 +1,6 @@
 """Data-parallel PPO under torchrun: the few collective operations stepcoder.py needs. Plumbing, not the method.
 
-    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # two ranks; `python stepcoder.py` is one, as before
+    torchrun --nproc_per_node 2 stepcoder.py --model tiny   # two ranks; `python stepcoder.py` is one
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE unset every helper here is the identity, so one
 process runs exactly the program it always was. Each rank holds the whole model, takes its share of the step's

@@ -1,11 +1,11 @@
 """A generated family of APPS-style stdin problems, composed from parts, with a held-out split of new combinations.
 
-    python family.py --out data/family --seed 0                  # writes train.json and test.json (APPS+ layout)
-    python family.py --out /tmp/fam --seed 1 --n-train 300 --n-test 60 --overwrite
+    python3 -m support.family --out data/family --seed 0                  # writes train.json and test.json (APPS+ layout)
+    python3 -m support.family --out /tmp/fam --seed 1 --n-train 300 --n-test 60 --overwrite
     python stepcoder.py --model tiny --data data/family/train.json --test-data data/family/test.json
 
 Why: on the 88 bundled problems the tiny CPU model memorises the training set and solves no held-out
-problem (issue 21). Here every problem is one combination of four kinds of part:
+problem. Here every problem is one combination of four kinds of part:
     shape  how the numbers arrive: one line; a count then a line; a count then one number a line; words
     steps  0 to 2 filters/transformations applied to each number in order (keep evens, above k, abs, clamp...)
     agg    what is computed from the numbers left: sum, count, max, min, or the list itself

@@ -1,7 +1,7 @@
 """Model loading for stepcoder.py: the tiny CPU model, a pretrained model (hub id or local directory)
 in 4-bit with a LoRA adapter and the value head, and the supervised warm start.
 
-    python -c "import models, curriculum; print(models.build_tiny(curriculum.load_problems('data/train.json'), 0)[1])"
+    python -c "import curriculum; from support import models; print(models.build_tiny(curriculum.load_problems('data/train.json'), 0)[1])"
 
 What it implements: the policy of the paper's PPO (§3.1) as this project builds it: a LoRA adapter on a
 frozen (4-bit NF4) base model, a value head of one linear layer on the same backbone, and the reference
@@ -229,7 +229,7 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
 
 
 def make_sampler(policy, cfg: Config):
-    """The model that samples rollouts and evaluations (departure 4): the policy itself (`--sampler
+    """The model that samples rollouts and evaluations (departure 'a merged sampler'): the policy itself (`--sampler
     policy`), or a plain model of the same architecture in the compute dtype, holding the policy's
     merged weights once refresh_sampler has copied them."""
     if cfg.sampler == "policy":

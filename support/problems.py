@@ -1,4 +1,4 @@
-"""Problem files (SPEC §1): APPS+ or original APPS records, as a JSON list or JSON Lines -> Problem objects.
+"""Problem files (docs/METHOD.md, section 1): APPS+ or original APPS records, as a JSON list or JSON Lines -> Problem objects.
 
     load_problems("data/train.json")[0].tests    # {"inputs": [...], "outputs": [...], "fn_name": None}
     python curriculum.py --data my.jsonl --stats  # checks a file; a bad record: DataError naming file, record, field
@@ -106,7 +106,7 @@ def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
 
 
 def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
-    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see SPEC §1."""
+    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see docs/METHOD.md, section 1."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,7 +1,7 @@
 """A run's directory: checkpoints and resuming, metrics (JSON lines, TensorBoard, a PNG of the curves),
 what a step prints, and the summary at the end. Plumbing of stepcoder.py, not the method.
 
-    python runs.py runs/tiny        # the summary and curves.png of a run directory, again
+    python3 -m support.runs runs/tiny        # the summary and curves.png of a run directory, again
 
 A run directory holds config.json, metrics.jsonl (one row per PPO step), eval_step<N>.json, checkpoint/
 (the LoRA adapter as peft saves it, value head, optimizer, curriculum and RNG state), for `tiny` the
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").exists():
-        print(f"runs.py: error: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
+        print(f"support.runs: error: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
         return 2
     plot_run(run_dir)
     print(summary(run_dir))

@@ -1,4 +1,4 @@
-"""curriculum.py: split points, CCCS stages (SPEC §3), the schedule, the loader (SPEC §1), prompts, CLI."""
+"""curriculum.py: split points, CCCS stages (docs/METHOD.md, section 3), the schedule, the loader (docs/METHOD.md, section 1), prompts, CLI."""
 import json
 import math
 import subprocess
@@ -115,7 +115,7 @@ def test_e17():
 
 
 def test_first_line_conditional_gets_no_stage_with_an_empty_prefix():
-    # stage 1 would be the lines above line 1: nothing, the same task as stage 0 (departure 5)
+    # stage 1 would be the lines above line 1: nothing, the same task as stage 0 (curriculum.py, departure 'no completion stage without code')
     assert stage_prefixes("for _ in range(int(input())):\n    print(1)\n") == [""]
     assert stage_prefixes("\n# read\nfor _ in range(int(input())):\n    print(1)\n") == [""]  # blank lines, comments
     code = "for _ in range(int(input())):\n    n = int(input())\n    if n:\n        print(n)\n"

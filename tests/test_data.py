@@ -1,5 +1,5 @@
 """The bundled problems (data/train.json, data/test.json): every canonical solution passes its
-tests in the sandbox, and the set has the size and spread the project needs (issue 3)."""
+tests in the sandbox, and the set has the size and spread the project needs."""
 import ast
 import math
 from collections import Counter

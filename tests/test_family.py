@@ -1,4 +1,4 @@
-"""family.py and the generated data/family files (issue 21): deterministic, correct, a held-out split of
+"""support/family.py and the generated data/family files: deterministic, correct, a held-out split of
 new combinations of seen parts, CCCS stages spread, and a branch no test reaches for FGO to mask."""
 import functools
 import json

@@ -121,7 +121,7 @@ def test_thread_idiom_output_is_waited_for():
     assert run1(code, "", "20000\n", timeout=2.0).status == "pass"
 
 
-# ---------------------------------------------------------------- comparison rules (SPEC §2)
+# ---------------------------------------------------------------- comparison rules (docs/METHOD.md, section 2)
 @pytest.mark.parametrize("got,want,ok", [
     ("1 2\n3\n", "1 2 3", True),              # whitespace is only a separator
     ("0.3333333", "0.33333333333", True),      # within 1e-6 absolute
