@@ -28,6 +28,7 @@ import argparse
 import ast
 import io
 import math
+import random
 import sys
 from collections import Counter
 from dataclasses import replace
@@ -41,6 +42,10 @@ from support.problems import DIFFICULTIES, DataError, Problem, load_problems, mi
 # the small model moves after a handful of successes. Simulated, a problem passing 90/50/25/10% of
 # the time moves within 16 samples with probability 1.0/0.89/0.29/0.02 (within 4: .87/.25/.04/.00).
 ALPHA, RHO_T = 0.3, 0.6
+# The schedule (docs/METHOD.md, section 3): every problem is at plain generation, as Algorithm 1 ends, for the
+# last quarter of the run. A problem visited once or twice in a run would otherwise never leave the
+# completion stages that the threshold alone moves it from.
+PLAIN_FRACTION = 0.25
 
 
 def _lines(code: str) -> list[str]:  # lines as ast numbers them (not str.splitlines: \f, \u2028 ...)
@@ -69,19 +74,54 @@ def _has_code(text: str) -> bool:
 
 
 class Curriculum:
-    """Per-problem CCCS stage c (K..0) and moving pass rate rho."""
+    """Per-problem CCCS stage c (K..0) and moving pass rate rho; the schedule's ceiling on the stages; the
+    passes over the problems that decide which ones a step visits."""
 
-    def __init__(self, problems: list[Problem], alpha: float = ALPHA, rho_t: float = RHO_T, enabled: bool = True):
-        self.alpha, self.rho_t, self.enabled = alpha, rho_t, enabled
+    def __init__(self, problems: list[Problem], alpha: float = ALPHA, rho_t: float = RHO_T, enabled: bool = True,
+                 plain_fraction: float = PLAIN_FRACTION):
+        self.alpha, self.rho_t, self.enabled, self.plain_fraction = alpha, rho_t, enabled, plain_fraction
         self.prefixes = {p.problem_id: stage_prefixes(p.canonical_solution) for p in problems}
         self.stages = {pid: len(pre) - 1 if enabled else 0 for pid, pre in self.prefixes.items()}
         self.rho = {pid: 0.0 for pid in self.prefixes}
+        self.reached = {}  # problem id -> how it reached stage 0: "threshold" or "schedule"
+        self.order, self.position = [], 0  # the current pass over the problems, and how far it has got
 
     def stage(self, problem_id: int | str) -> int:
         return self.stages[problem_id]
 
     def prefix(self, problem_id: int | str) -> str:
         return self.prefixes[problem_id][-1 - self.stages[problem_id]]  # prefixes run K..0
+
+    def draw(self, n: int, rng: random.Random) -> list:
+        """The ids of the next n problems of the passes over the data: each pass visits every problem once,
+        in a new random order, as Algorithm 1 loops over the data. A pass that begins within a draw puts the
+        problems this draw already has last, so that a step never visits a problem twice."""
+        drawn = []
+        while len(drawn) < min(n, len(self.stages)):
+            if self.position == len(self.order):
+                order = list(self.stages)
+                rng.shuffle(order)
+                taken = set(drawn)
+                self.order = [pid for pid in order if pid not in taken] + [pid for pid in order if pid in taken]
+                self.position = 0
+            take = self.order[self.position:self.position + min(n, len(self.stages)) - len(drawn)]
+            drawn += take
+            self.position += len(take)
+        return drawn
+
+    def follow_schedule(self, step: int, steps: int) -> None:
+        """Training progress moves the stages too (docs/METHOD.md, section 3): before `step` of `steps`, every
+        problem above the schedule's ceiling (stage_ceiling) comes down to it. Stages only fall, so a run that
+        is trained further stays at plain generation."""
+        if not self.enabled or self.plain_fraction == 0:
+            return
+        first_plain = plain_from(steps, self.plain_fraction)
+        for pid, c in self.stages.items():
+            ceiling = stage_ceiling(len(self.prefixes[pid]) - 1, step, first_plain)
+            if c > ceiling:
+                self.stages[pid], self.rho[pid] = ceiling, 0.0
+                if ceiling == 0:
+                    self.reached[pid] = "schedule"
 
     def update(self, problem_id: int | str, passed: bool, stage: int | None = None) -> bool:
         """Record one scored rollout; True if the problem moved one stage toward 0.
@@ -92,6 +132,8 @@ class Curriculum:
         self.rho[problem_id] = self.alpha * float(passed) + (1 - self.alpha) * self.rho[problem_id]
         if self.rho[problem_id] > self.rho_t:
             self.stages[problem_id], self.rho[problem_id] = c - 1, 0.0
+            if c == 1:
+                self.reached[problem_id] = "threshold"
             return True
         return False
 
@@ -100,15 +142,50 @@ class Curriculum:
 
     def state_dict(self) -> dict:
         return {"alpha": self.alpha, "rho_t": self.rho_t, "enabled": self.enabled,
-                "problems": [[pid, self.stages[pid], self.rho[pid]] for pid in self.stages]}
+                "plain_fraction": self.plain_fraction, "order": self.order, "position": self.position,
+                "problems": [[pid, self.stages[pid], self.rho[pid], self.reached.get(pid)] for pid in self.stages]}
 
     def load_state_dict(self, state: dict) -> None:
-        for pid, c, rho in state["problems"]:
+        for pid, c, rho, *reached in state["problems"]:  # (older checkpoints: no `reached`)
             if pid not in self.stages or not 0 <= c < len(self.prefixes[pid]):
                 raise ValueError(f"curriculum state: problem {pid!r} at stage {c} is not among the loaded problems "
                                  "(a checkpoint of other data, or of a curriculum.py that cut stages otherwise)")
             self.stages[pid], self.rho[pid] = c, float(rho)
+            if reached and reached[0]:
+                self.reached[pid] = reached[0]
         self.alpha, self.rho_t, self.enabled = state["alpha"], state["rho_t"], state["enabled"]
+        self.plain_fraction = state.get("plain_fraction", 0.0)
+        self.order, self.position = state.get("order", []), state.get("position", 0)
+
+
+def plain_from(steps: int, plain_fraction: float) -> int:
+    """The first step at which every problem is at plain generation: the last ceil(plain_fraction * steps)
+    steps of the run are (plain_fraction 0: no schedule, steps + 1)."""
+    return steps - math.ceil(plain_fraction * steps) + 1
+
+
+def stage_ceiling(k: int, step: int, first_plain: int) -> int:
+    """The highest stage a problem with k completion stages may be at during `step`: k at step 1, falling
+    linearly to 0 at `first_plain`, and 0 from there on."""
+    if step >= first_plain:
+        return 0
+    return math.ceil(k * (first_plain - step) / (first_plain - 1))
+
+
+def budget(n_problems: int, steps: int, problems_per_step: int, samples_per_problem: int, cccs: bool,
+           plain_fraction: float) -> str:
+    """The run's budget in one line: problems, rollouts, visits per problem, when plain generation starts."""
+    per_step = min(problems_per_step, n_problems)
+    visits = steps * per_step / n_problems
+    line = (f"budget: {n_problems} problems, {steps} PPO steps x {per_step} problems x {samples_per_problem} samples = "
+            f"{steps * per_step * samples_per_problem} rollouts; each problem visited {visits:.1f} times "
+            f"({visits * samples_per_problem:.1f} rollouts)")
+    if not cccs:
+        return line + "; CCCS off: plain generation throughout"
+    if plain_fraction == 0:
+        return line + "; CCCS by the per-problem threshold alone (no schedule)"
+    first = plain_from(steps, plain_fraction)
+    return line + f"; every problem at plain generation from step {first} (the last {steps - first + 1} steps)"
 
 
 FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one

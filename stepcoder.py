@@ -525,6 +525,7 @@ def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: di
         "pg_loss": mean_over_ranks["pg_loss"], "vf_loss": mean_over_ranks["vf_loss"],
         "explained_var": explained_var,
         "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
+        "stage0_share": sum(stage == 0 for _, _, _, stage in scored) / len(scored),
         "fgo_kept": (every["fgo"].sum() / every["mask"].sum()).item(),
         "gen_tokens_per_s": every["mask"].sum().item() / max(slowest["t_generate"], 1e-9),
         "prompts_shortened": sum(r["prompts_shortened"] for r in ranks), **slowest,
@@ -536,11 +537,14 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
              start: int) -> None:
     """PPO steps start+1 .. cfg.steps, each in the method's order. Rank 0 writes the run directory."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    by_id = {p.problem_id: p for p in problems}
     for step in range(start + 1, cfg.steps + 1):
         run.progress["where"] = f"at step {step}"
-        # 1-2. The step's problems, each samples_per_problem times: their CCCS prompts, then rollouts.
-        #      Several ranks draw the step's problems alike (one RNG, the same on all); each takes its share.
-        drawn = rng.sample(problems, min(cfg.problems_per_step, len(problems)))
+        # 1-2. The step's problems, the next of the passes over the data, each samples_per_problem times: their
+        #      CCCS prompts, then rollouts. The schedule's ceiling first lowers the stages training progress
+        #      asks for. Several ranks draw alike (one RNG and curriculum, the same on all); each takes its share.
+        cccs.follow_schedule(step, cfg.steps)
+        drawn = [by_id[problem_id] for problem_id in cccs.draw(cfg.problems_per_step, rng)]
         batch = [p for p in distributed.share(drawn) for _ in range(cfg.samples_per_problem)]
         rollouts = collect_rollouts(agent.sampler, agent.policy, agent.tok, batch, cccs, cfg, agent.device)
         # 3. Sandbox: verdicts and rewards (Eq. 3), executed lines; the curriculum moves.
@@ -578,6 +582,7 @@ def train(cfg: Config):
     problems = curriculum.load_problems(cfg.data)
     distributed.share(problems[:cfg.problems_per_step])  # several ranks: an uneven split is refused at once
     device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group
+    sft_problems = curriculum.load_problems(cfg.sft_data) if cfg.sft_data else problems  # the warm start's
     evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
         evals["test"] = curriculum.load_problems(cfg.test_data)
@@ -591,11 +596,11 @@ def train(cfg: Config):
     if start and distributed.is_main():
         tqdm.write(f"resuming {run.dir} from its checkpoint at step {start} (to step {cfg.steps})")
     try:
-        agent = load_agent(cfg, problems, run, device, resuming)  # (it seeds torch with --seed)
+        agent = load_agent(cfg, sft_problems, run, device, resuming)  # (it seeds torch with --seed)
         rng = random.Random(cfg.seed)  # RL's own: problem draws
         optimizer = make_optimizer(agent, cfg)
-        cccs = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold,
-                                     enabled=cfg.cccs)
+        cccs = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=cfg.cccs,
+                                     plain_fraction=cfg.cccs_plain_fraction)
         if resuming:  # every rank: the same adapter, value head, optimizer, curriculum, and rank 0's RNG
             start = load_checkpoint(run.dir / "checkpoint", agent.value_head, optimizer, cccs, rng)
         elif distributed.is_main():  # step 0: the warm start's result, so an interrupted run never redoes it
@@ -604,6 +609,8 @@ def train(cfg: Config):
         distributed.own_rng()  # rank r > 0: its own sampling stream (support/distributed.py says how)
         run.progress["saved"] = f"step {start}"
         if distributed.is_main():
+            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
+                                         cfg.cccs, cfg.cccs_plain_fraction))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():

@@ -43,6 +43,7 @@ class Config:
     eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy; --eval-test-sampled: also sampled) after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------
+    sft_data: str = field(default="", metadata={"help": "the warm start's problems (default: --data): other problems than RL's make the canonical solutions CCCS reveals new to the policy, as in the paper"})
     sft_steps: int = field(default=0, metadata={"help": "supervised steps on the canonical solutions before RL"})
     sft_seed: int = field(default=0, metadata={"help": "seed of tiny's initial weights and of the warm start's batches: tiny runs that differ only in --seed start from one model"})
     sft_lr: float = field(default=1e-4, metadata={"help": "learning rate of the warm start"})
@@ -78,6 +79,7 @@ class Config:
     fgo: bool = field(default=True, metadata={"help": "FGO's coverage mask on the policy loss; --no-fgo, the ablation: no mask"})
     cccs_alpha: float = field(default=curriculum.ALPHA, metadata={"help": "CCCS moving pass-rate factor"})
     cccs_threshold: float = field(default=curriculum.RHO_T, metadata={"help": "CCCS pass rate that moves a problem one stage on"})
+    cccs_plain_fraction: float = field(default=curriculum.PLAIN_FRACTION, metadata={"help": "the share of the run, at its end, in which every problem is at plain generation (stage 0): the schedule's ceiling on the stages falls to 0 there (0: no schedule, the threshold alone)"})
 
 
 # `--model tiny` fits a laptop CPU: a small model that needs a warm start, short programs. Where these
@@ -182,8 +184,10 @@ def check_config(cfg: Config) -> None:
             raise UsageError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0 and cfg.eval_temperature >= 0):
         raise UsageError("need 0 < --top-p <= 1, --temperature > 0 and --eval-temperature >= 0")
-    for name in ("data", "test_data") if cfg.eval else ("data",):
-        if not Path(getattr(cfg, name)).is_file():
+    if not 0 <= cfg.cccs_plain_fraction <= 1:
+        raise UsageError(f"--cccs-plain-fraction must be between 0 and 1, got {cfg.cccs_plain_fraction}")
+    for name in ("data", "test_data", "sft_data") if cfg.eval else ("data", "sft_data"):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: no such file")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")

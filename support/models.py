@@ -54,10 +54,11 @@ class Agent:
     device: torch.device
 
 
-def load_agent(cfg: Config, problems: list, run: Run, device, resuming: bool) -> Agent:
+def load_agent(cfg: Config, sft_problems: list, run: Run, device, resuming: bool) -> Agent:
     """The model as RL starts: a pretrained model loaded (nothing is written before it loaded), or tiny
-    built and warm-started by rank 0 and saved as RUN/base; then the adapter (a resumed run's from its
-    checkpoint), seeded with --seed, the value head, and the sampler. Every rank starts from rank 0's."""
+    built (its tokenizer trained on `sft_problems`) and warm-started on `sft_problems` by rank 0 and saved as
+    RUN/base; then the adapter (a resumed run's from its checkpoint), seeded with --seed, the value head, and
+    the sampler. Every rank starts from rank 0's."""
     warm_starting = {"where": "during the warm start", "saved": f"the warm start's, every {WARM_START_SAVE_EVERY} steps"}
     sft_checkpoint = run.dir / "warm_start.pt"
     if cfg.model != "tiny":
@@ -67,8 +68,8 @@ def load_agent(cfg: Config, problems: list, run: Run, device, resuming: bool) ->
     if cfg.model == "tiny":
         if distributed.is_main() and not (run.dir / "base").exists():  # rank 0 builds it, every rank loads it
             run.progress.update(warm_starting)
-            tok, model = build_tiny(problems, cfg.sft_seed)
-            warm_start(model.to(device), tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+            tok, model = build_tiny(sft_problems, cfg.sft_seed)
+            warm_start(model.to(device), tok, sft_problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
             save_tiny_base(model, tok, run.dir / "base", cfg)
             sft_checkpoint.unlink(missing_ok=True)
         distributed.barrier()
@@ -78,7 +79,7 @@ def load_agent(cfg: Config, problems: list, run: Run, device, resuming: bool) ->
     policy, value_head = add_adapter(base, cfg, adapter)
     if not is_tiny(cfg.model) and cfg.sft_steps and not resuming and distributed.is_main():
         run.progress.update(warm_starting)  # departure 'the reference is "adapter off"': SFT trains the adapter
-        warm_start(policy, tok, problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
+        warm_start(policy, tok, sft_problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
     distributed.broadcast_params([p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters()))
     return Agent(tok, policy, value_head, make_sampler(policy, cfg), device)
 
@@ -214,7 +215,7 @@ def add_adapter(base, cfg: Config, adapter_dir: str | None = None):
         from peft import LoraConfig, PeftModel, get_peft_model
         base.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
         if adapter_dir:
             policy = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)

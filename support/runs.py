@@ -142,7 +142,7 @@ def log_step(run_dir: Path, metrics: dict, tensorboard) -> None:
         tensorboard.flush()
     tqdm.write(f"step {metrics['step']} | reward {metrics['reward_mean']:+.3f} | pass {metrics['pass_rate']:.3f} | "
                f"kl {metrics['kl']:.3f} | clipfrac {metrics['clipfrac']:.3f} | fgo_kept {metrics['fgo_kept']:.2f} | "
-               f"stages {metrics['stage_hist']} | {metrics['t_generate']:.0f}s gen {metrics['t_score']:.0f}s score "
+               f"stages {metrics['stage_hist']} | stage0 {metrics['stage0_share']:.2f} | {metrics['t_generate']:.0f}s gen {metrics['t_score']:.0f}s score "
                f"{metrics['t_update']:.0f}s update")
 
 
@@ -158,7 +158,8 @@ def open_tensorboard(run_dir: Path, enabled: bool):
 
 
 CURVES = {"reward_mean": "rollout reward (Eq. 3)", "pass_rate": "rollout pass rate", "kl": "KL to the reference (nats/seq)",
-          "fgo_kept": "tokens FGO keeps", "stage_hist": "problems per CCCS stage"}
+          "fgo_kept": "tokens FGO keeps", "stage_hist": "problems per CCCS stage",
+          "stage0_share": "rollouts at plain generation (stage 0)"}
 
 
 def plot_run(run_dir: Path) -> Path | None:
@@ -182,7 +183,7 @@ def plot_run(run_dir: Path) -> Path | None:
             ax.stackplot(steps, counts, labels=[f"stage {s}" for s in stages])
             ax.legend(fontsize=7, loc="upper left")
         else:
-            ax.plot(steps, [row[name] for row in rows])
+            ax.plot(steps, [row.get(name) for row in rows])  # (runs older than a metric lack it)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
     figure.tight_layout()
@@ -214,15 +215,34 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
                              f"(greedy {first.get(split, {}).get(difficulty, {}).get('greedy', float('nan')):.3f} -> "
                              f"{after['greedy']:.3f}, n={after['n']})")
     if rows:
-        head, tail = rows[:5], rows[-5:]
-        mean = lambda xs: sum(xs) / len(xs)
-        lines.append(f"rollout reward, first 5 -> last 5 steps: {mean([r['reward_mean'] for r in head]):+.3f} -> "
-                     f"{mean([r['reward_mean'] for r in tail]):+.3f}; stages now {rows[-1]['stage_hist']}")
+        first = [row["reward_mean"] for row in rows[:5]]
+        last = [row["reward_mean"] for row in rows[-5:]]
+        lines.append(f"rollout reward, first 5 -> last 5 steps: {sum(first) / len(first):+.3f} -> "
+                     f"{sum(last) / len(last):+.3f}; stages now {rows[-1]['stage_hist']}")
+    reached = plain_generation(run_dir)
+    if reached:
+        lines.append(reached)
     if (run_dir / "curves.png").exists():
         lines.append(f"curves: {run_dir / 'curves.png'}")
     lines.append(f"files: {run_dir}/metrics.jsonl, {run_dir}/checkpoint/"
                  + ("; continue with --resume " + str(run_dir) + " --steps N" if rows else ""))
     return "\n".join(lines)
+
+
+def plain_generation(run_dir: Path) -> str | None:
+    """How the run's problems came to plain generation (stage 0), from its checkpoint's curriculum."""
+    progress = run_dir / "checkpoint" / "progress.json"
+    if not progress.exists():
+        return None
+    curriculum = json.loads(progress.read_text())["curriculum"]
+    if not curriculum["enabled"]:
+        return "CCCS off: every problem at plain generation throughout"
+    how = [row[3] if len(row) > 3 else None for row in curriculum["problems"]]
+    stages = [row[1] for row in curriculum["problems"]]
+    from_start = sum(stage == 0 and reached is None for stage, reached in zip(stages, how))
+    return (f"plain generation (stage 0): {how.count('threshold')} problems reached it by the threshold, "
+            f"{how.count('schedule')} by the schedule, {from_start} had no completion stage; "
+            f"{sum(stage > 0 for stage in stages)} of {len(stages)} still at completion stages")
 
 
 def main(argv: list[str] | None = None) -> int:

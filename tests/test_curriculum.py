@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import curriculum
 from conftest import ROOT
 from curriculum import (ALPHA, RHO_T, Curriculum, DataError, Problem, build_prompt, load_problems, main, split_points,
                         stage_prefixes)
@@ -209,11 +210,12 @@ def test_stage_histogram_counts_problems_per_stage():
 def test_state_round_trips_through_json():
     probs = [problem(1, chain(9)), problem("x7", chain(4)), problem(3, chain(2))]
     cur = Curriculum(probs, alpha=0.4, rho_t=0.7)
-    for pid, ok in [(1, True), (1, True), (1, True), ("x7", True), (3, False)]:
-        cur.update(pid, ok)
+    for pid, ok in [(1, True), (1, True), (1, True), ("x7", True), (3, False)] + [("x7", True)] * 5:
+        cur.update(pid, ok)  # x7 (K = 2): 3 passes move it one stage, 3 more to stage 0
     fresh = Curriculum(probs)
     fresh.load_state_dict(json.loads(json.dumps(cur.state_dict())))
     assert (fresh.stages, fresh.rho, fresh.alpha, fresh.rho_t) == (cur.stages, cur.rho, 0.4, 0.7)
+    assert fresh.reached == cur.reached == {"x7": "threshold"}
     assert fresh.stage(1) == 2 and fresh.prefix(1) == cur.prefix(1)
 
 
@@ -224,6 +226,76 @@ def test_load_state_dict_rejects_unknown_problem():
     with pytest.raises(ValueError, match="99"):
         Curriculum([problem(1)]).load_state_dict(state)
 
+
+
+# ---------------------------------------------------------------- the schedule and the passes over the data
+
+def test_the_ceiling_falls_with_the_step_and_reaches_0_at_the_set_fraction():
+    # chain(16): K = 4 completion stages; chain(1): K = 1. 20 steps, the last quarter (5 steps) plain.
+    cur = Curriculum([problem(1, chain(16)), problem(2, chain(1))], plain_fraction=0.25)
+    assert curriculum.plain_from(20, 0.25) == 16 and curriculum.plain_from(30, 0.25) == 23  # ceil(7.5) = 8 plain
+    seen = []
+    for step in range(1, 21):
+        cur.follow_schedule(step, 20)
+        seen.append((cur.stage(1), cur.stage(2)))
+    assert seen[0] == (4, 1)                                    # step 1: the ceiling is every problem's K
+    assert all(a >= b for a, b in zip(seen, seen[1:]))          # stages only fall
+    assert seen[14] != (0, 0) and set(seen[15:]) == {(0, 0)}    # plain generation from step 16 on, not before
+    assert [s for s, _ in seen[:15]] == [math.ceil(4 * (16 - t) / 15) for t in range(1, 16)]  # linear
+    assert cur.reached == {1: "schedule", 2: "schedule"}
+
+
+def test_a_problem_the_policy_solves_moves_before_the_ceiling_forces_it():
+    cur = Curriculum([problem(1, chain(16))], alpha=0.9, rho_t=0.5, plain_fraction=0.25)
+    cur.follow_schedule(1, 100)
+    for _ in range(4):
+        cur.update(1, True)
+    assert cur.stage(1) == 0 and cur.reached == {1: "threshold"}
+    cur.follow_schedule(2, 100)
+    assert cur.stage(1) == 0 and cur.reached == {1: "threshold"}
+
+
+def test_a_run_trained_further_stays_at_plain_generation():
+    cur = Curriculum([problem(1, chain(9))], plain_fraction=0.25)
+    cur.follow_schedule(10, 10)
+    assert cur.stage(1) == 0
+    cur.follow_schedule(11, 40)  # --resume --steps 40: the ceiling of step 11 of 40 is 3, the stage stays 0
+    assert cur.stage(1) == 0
+
+
+def test_no_cccs_and_no_schedule_leave_the_stages_alone():
+    off = Curriculum([problem(1, chain(9))], enabled=False)
+    no_schedule = Curriculum([problem(1, chain(9))], plain_fraction=0.0)
+    for step in range(1, 11):
+        off.follow_schedule(step, 10)
+        no_schedule.follow_schedule(step, 10)
+    assert off.stage(1) == 0 and off.reached == {} and no_schedule.stage(1) == 3
+
+
+def test_each_pass_visits_every_problem_once_and_a_step_never_twice():
+    import random
+    cur = Curriculum([problem(i, chain(i % 5)) for i in range(10)])
+    rng = random.Random(0)
+    steps = [cur.draw(4, rng) for _ in range(10)]  # 40 draws: 4 passes of 10
+    flat = [pid for step in steps for pid in step]
+    assert all(sorted(flat[k:k + 10]) == list(range(10)) for k in range(0, 40, 10))
+    assert all(len(set(step)) == 4 for step in steps)  # a pass that begins mid-step repeats none of the step
+    assert flat[:10] != flat[10:20]  # each pass in a new order
+    again = Curriculum([problem(i, chain(i % 5)) for i in range(10)])
+    again.load_state_dict(json.loads(json.dumps(cur.state_dict())))
+    rng_again = random.Random()
+    rng_again.setstate(rng.getstate())
+    assert [again.draw(4, rng_again) for _ in range(5)] == [cur.draw(4, rng) for _ in range(5)]  # resumes exactly
+
+
+def test_the_budget_line_counts_as_by_hand():
+    line = curriculum.budget(66, 30, 16, 2, True, 0.25)
+    # 30 x 16 x 2 = 960 rollouts; 30 x 16 / 66 = 7.27 visits, 14.5 rollouts per problem; ceil(30/4) = 8 plain steps
+    assert "66 problems" in line and "= 960 rollouts" in line and "visited 7.3 times (14.5 rollouts)" in line
+    assert "from step 23 (the last 8 steps)" in line
+    assert "160 PPO steps x 8 problems x 4 samples = 5120 rollouts" in curriculum.budget(7413, 160, 8, 4, True, 0.25)
+    assert "visited 0.2 times" in curriculum.budget(7413, 160, 8, 4, True, 0.25)
+    assert "plain generation throughout" in curriculum.budget(66, 30, 16, 2, False, 0.25)
 
 # ---------------------------------------------------------------- the loader
 

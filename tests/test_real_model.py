@@ -282,7 +282,7 @@ def test_fgo_numbers_lines_from_the_end_of_the_canonical_prefix():
     pieces = ["\nif c:", "\n    d = 4", "\nelse:", "\n    d = 5\n"]
     text = "".join(pieces)
     ends = [sum(map(len, pieces[:i + 1])) for i in range(len(pieces))]
-    result = SimpleNamespace(status="pass", executed_lines=frozenset({1, 2, 3, 4, 5}))
+    result = SimpleNamespace(status="pass", executed_lines=frozenset({1, 2, 3, 4, 5}), coverage_complete=True)
     mask = stepcoder.rollout_fgo_mask(ends, text, "a = 1\nb = 2\nc = 3", result, None)
     assert mask == [1.0, 1.0, 1.0, 0.0]  # "\n    d = 5\n" is on line 7, which never ran
     result.status = "compile_error"

@@ -484,6 +484,36 @@ def test_cccs_prompt_tokenizes_as_the_warm_start_saw_it():
     assert good > 50 and bad > good // 2  # the raw prefixes would have broken most prompts
 
 
+
+@pytest.mark.parametrize("verdict", ["pass", "wrong_answer"])
+def test_the_loop_moves_the_problems_whose_rollouts_pass_and_no_others(tmp_path, monkeypatch, verdict):
+    # The sandbox's verdicts reach the curriculum: with a threshold one pass exceeds, every problem the step
+    # drew moves from stage 1 to 0 when its rollouts pass, none when they fail; the undrawn never move.
+    drawn = []
+    def sandbox_results(programs, problems, cfg):
+        drawn.extend(p.problem_id for p in problems)
+        return [stepcoder.sandbox.ExecResult(verdict, 1, 1, stepcoder.sandbox.REWARDS[verdict]) for _ in programs]
+    monkeypatch.setattr(stepcoder, "sandbox_results", sandbox_results)
+    run, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(
+        tmp_path, "--steps", "1", "--no-eval", "--cccs-threshold", "0.2", "--cccs-plain-fraction", "0")))
+    state = json.loads((run / "checkpoint" / "progress.json").read_text())["curriculum"]
+    stages = {pid: stage for pid, stage, *_ in state["problems"]}
+    assert len(set(drawn)) == 3 and len(stages) == 12
+    assert {pid: stage for pid, stage in stages.items() if pid not in drawn} == {pid: 1 for pid in stages if pid not in drawn}
+    assert {stages[pid] for pid in drawn} == ({0} if verdict == "pass" else {1})
+
+
+def test_sft_data_warm_starts_on_other_problems_than_rls(tmp_path, monkeypatch):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**record, "problem_id": f"sft-{record['problem_id']}"}
+                                 for record in json.loads(write_problems(tmp_path / "o.json").read_text())]))
+    warm_started = []
+    monkeypatch.setattr(models, "warm_start", lambda model, tok, problems, *args: warm_started.extend(p.problem_id for p in problems))
+    run, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "0", "--no-eval", "--sft-data", str(other))))
+    assert warm_started and all(str(pid).startswith("sft-") for pid in warm_started)
+    state = json.loads((run / "checkpoint" / "progress.json").read_text())["curriculum"]
+    assert not any(str(pid).startswith("sft-") for pid, *_ in state["problems"])  # RL's problems: --data
+
 def test_show_rollout_marks_prefix_lines_and_masked_tokens():
     from types import SimpleNamespace
     result = SimpleNamespace(status="pass", reward=1.0, executed_lines=frozenset({1, 2}))
