@@ -7,6 +7,8 @@
     python3 bench/ablations.py --data data/family/train.json --test-data data/family/test.json --out runs/ablations-family
     python3 bench/ablations.py --data data/family480/train.json --test-data data/family480/test.json --test-sampled \
         --steps 120 --seeds 0 1 2 --eval-every 60 --out runs/family480-long   # held-out pass@1 and pass@8 sampled too
+    python3 bench/ablations.py --sft-data data/family480/sft.json --data data/family480/rl.json \
+        --test-data data/family480/test.json --test-sampled --steps 60 --seeds 0 1 2 --out runs/cccs-demo  # the curriculum demo
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
@@ -57,7 +59,7 @@ def plot(results: dict, seeds: list, png: str, data: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -r requirements-dev.txt)")
+        print("matplotlib is not installed: no PNG (pip install -r requirements.txt)")
         return
     fig, axes = plt.subplots(2, 3, figsize=(18, 8))
     axes = axes.flat
@@ -160,6 +162,7 @@ def main() -> int:
     ap.add_argument("--settings", nargs="+", choices=list(SLUGS), default=list(SLUGS), help="which settings to run")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a pass@1 curve; 0: at the end only)")
     ap.add_argument("--data", default=str(ROOT / "data" / "train.json"), help="training problems (the family: data/family/train.json)")
+    ap.add_argument("--sft-data", default="", help="the warm start's problems, if not --data's (the curriculum demo: data/family480/sft.json)")
     ap.add_argument("--test-data", default=str(ROOT / "data" / "test.json"), help="held-out problems, evaluated greedily (and sampled: --test-sampled)")
     ap.add_argument("--test-sampled", action="store_true",
                     help="also sample the held-out problems, 8 each (--eval-test-sampled): a finer held-out pass@1 than greedy's, and pass@8")
@@ -188,8 +191,9 @@ def main() -> int:
     sft, sampled = out / "sft", ["--eval-test-sampled"] * args.test_sampled
     if not (sft / "eval_step0.json").exists():
         shutil.rmtree(sft, ignore_errors=True)
+        sft_data = ["--sft-data", args.sft_data] if args.sft_data else []
         stepcoder.train(stepcoder.parse_config(["--model", "tiny", "--steps", "0", "--sft-seed", str(args.sft_seed), "--eval",
-                                                *sampled, "--test-data", test_data, "--data", data, "--out", str(sft)]))
+                                                *sampled, *sft_data, "--test-data", test_data, "--data", data, "--out", str(sft)]))
     warm = json.loads((sft / "eval_step0.json").read_text())
     if args.test_sampled and not is_sampled(warm["test"]):
         print(f"ablations: error: {sft} was evaluated without --test-sampled: use another --out", file=sys.stderr)

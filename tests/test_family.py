@@ -121,3 +121,10 @@ def test_cli_writes_refuses_to_overwrite_and_rejects_bad_sizes(tmp_path, capsys)
     assert (tmp_path / "train.json").read_text() == before
     assert family.main(["--out", str(tmp_path), "--seed", "3", "--n-train", "5", "--n-test", "2", "--overwrite"]) == 0
     assert len(load_problems(tmp_path / "train.json")) == 5
+
+
+def test_the_curriculum_demo_splits_family480_in_file_order():
+    train = json.loads((ROOT / "data" / "family480" / "train.json").read_text())
+    sft = json.loads((ROOT / "data" / "family480" / "sft.json").read_text())
+    rl = json.loads((ROOT / "data" / "family480" / "rl.json").read_text())
+    assert (len(sft), len(rl)) == (360, 120) and sft + rl == train
