@@ -2,14 +2,18 @@
 
     python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
     python curriculum.py --id 1013                # one solution, its split points, every stage's prompt
-    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file (read by problems.py)
+    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file (read by support/problems.py)
 
 CCCS (curriculum of code completion subtasks) turns a long program into easier completion
 tasks: the prompt carries the first lines of the canonical solution, the policy writes the rest.
 Split points: the conditional statements (if, each elif, for, while, async for), found with `ast`.
 With E of them, K = ceil(sqrt(E)), S = ceil(E / K): stage c >= 1 gives the lines before conditional
 statement S*(c-1) (0-based), stage 0 nothing. A problem starts at stage K and moves one stage
-toward 0 when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t.
+toward 0 when its moving pass rate rho <- alpha*[passed] + (1-alpha)*rho exceeds rho_t. Training
+progress moves the stages too, as the paper's text says ("in the late stage of training" exploration
+is plain RL): no problem stays above a ceiling that falls linearly with the step, from its K at step 1
+to 0 for the last quarter of the run (`stage_ceiling`, --cccs-plain-fraction). A step visits the next
+problems of passes over the shuffled data, each problem once a pass, as Algorithm 1 loops over it.
 
 Departures from the paper and why (the loader's: support/problems.py):
 1. Stages as the text reads: Algorithm 1 indexes `pos` ambiguously and reads `min` where `max` is
@@ -23,6 +27,10 @@ Departures from the paper and why (the loader's: support/problems.py):
 5. No completion stage without code: a program whose first conditional is on line 1 (`for _ in
    range(int(input())):`, or below only blank and comment lines) would get a stage 1 with no code in
    its prefix, plain generation twice over: that stage is dropped, leaving K - 1 completion stages.
+6. A schedule that fits the run: the paper says training progress moves the start toward the beginning
+   but gives no schedule; ours is a linear ceiling that reaches plain generation with three quarters of
+   the run done, so that every run ends as plain RL whatever its budget (a problem visited once or
+   twice would otherwise never leave its completion stages).
 """
 import argparse
 import ast

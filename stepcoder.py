@@ -57,9 +57,9 @@ import sandbox
 from curriculum import FENCE, fit_prompt, is_chat
 from support import distributed
 from support.config import Config, Interrupted, UsageError, parse_config
-from support.models import in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
+from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.runs import (Run, check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard,
-                          plot_run, recover_checkpoint, save_checkpoint, show_rollout, summary)
+                          plot_run, recover_checkpoint, save_checkpoint, show_rollouts, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -83,8 +83,9 @@ def tokenize_prompts(tok, texts: list[str], device):
 @torch.no_grad()
 def generate(sampler, tok, prompt_ids, prompt_mask, n_new: int, temperature: float, top_p: float,
              batch_size: int, desc: str):
-    """Sample continuations in batches; returns response ids (N, G) right-padded, and the number of
-    actions of each (N,), as response_length counts them."""
+    """Sample continuations in batches (support/models.py: decode, one forward per token with a KV cache);
+    returns response ids (N, G) right-padded, and the number of actions of each (N,), as response_length
+    counts them."""
     sampler.eval()
     chunks, lengths = [], []
     for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False,
@@ -99,53 +100,6 @@ def generate(sampler, tok, prompt_ids, prompt_mask, n_new: int, temperature: flo
               for chunk in chunks]
     responses = torch.cat(padded)                                                    # (N, G)
     return responses, torch.tensor(lengths, device=responses.device)                 # (N, G), (N,)
-
-
-def decode(model, tok, ids, attention_mask, n_new: int, temperature: float, top_p: float):
-    """Up to n_new tokens for each left-padded prompt, one forward per token with a KV cache. A row that
-    finished (EOS; a chat model's closing fence, its program's end) leaves the batch with its rows of
-    the cache: the last steps of a batch compute only the rows still writing (transformers' `generate`
-    computes every row until the last one finishes). -> (b, g) response ids, right-padded"""
-    from transformers import StaticCache  # (loaded lazily: `--help` and bad flags answer at once)
-    out = torch.full((len(ids), n_new), tok.pad_token_id, device=ids.device)         # (b, n_new)
-    rows = torch.arange(len(ids), device=ids.device)                                 # (r,) still writing
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + n_new)     # no copy per token
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                      # (b, P)
-    logits = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
-                   cache=cache, logits_to_keep=1).logits[:, -1].float()    # (r, V)
-    for t in range(n_new):
-        next_tokens = sample_next(logits, temperature, top_p)                        # (r,)
-        out[rows, t] = next_tokens
-        finished = next_tokens == tok.eos_token_id                                   # (r,)
-        if is_chat(tok):  # the fence is 3 characters: within the last 4 tokens (a token may decode to "")
-            tails = tok.batch_decode(out[rows, max(0, t - 3):t + 1], skip_special_tokens=True)
-            finished |= torch.tensor([FENCE in tail for tail in tails], device=ids.device)
-        if finished.all() or t == n_new - 1:
-            return out[:, :t + 1]
-        if finished.any():
-            keep = (~finished).nonzero().squeeze(1)                                  # (r',)
-            cache.reorder_cache(keep)  # keeps the cache's rows `keep` (the API beam search reorders with)
-            rows = rows[keep]
-            next_tokens = next_tokens[keep]
-            attention_mask = attention_mask[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], 1)  # (r, P+t+1)
-        position_ids = attention_mask.sum(1, keepdim=True) - 1                       # (r, 1)
-        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
-                       position_ids=position_ids, cache=cache).logits[:, -1].float()  # (r, V)
-
-
-def sample_next(logits, temperature: float, top_p: float):
-    """Greedy decoding (temperature 0), or a sample from softmax(logits / temperature) restricted to the
-    nucleus: the most likely tokens whose probabilities add up to top_p (transformers' temperature and
-    top-p warpers, top_k off). logits (r, V) -> (r,)"""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    sorted_logits, sorted_ids = torch.sort(logits, descending=False)                 # (r, V) rising
-    outside = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p                      # (r, V) mass <= 1 - top_p
-    outside[:, -1] = False  # the most likely token always stays
-    logits = logits.masked_fill(outside.scatter(1, sorted_ids, outside), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
 
 
 def response_length(tok, ids: list[int]) -> int:
@@ -299,14 +253,6 @@ def action_masks(rollouts: Rollouts, results: list, tok, fgo: bool):
                                                      results[i], eos))
     return b_mask, b_fgo
 
-
-def show_rollouts(rollouts: Rollouts, results: list, b_fgo, count: int) -> None:
-    """--show-rollouts: the first `count` scored rollouts, FGO-masked tokens marked (support/runs.py)."""
-    for i in range(min(count, len(results))):
-        ends = rollouts.token_ends[i]
-        pieces = [rollouts.texts[i][a:b] for a, b in zip([0] + ends[:-1], ends)]
-        tqdm.write(show_rollout(rollouts.problems[i], rollouts.stages[i], rollouts.prefixes[i], pieces,
-                                b_fgo[i].tolist(), results[i]))
 
 # --------------------------------------------- 5. log-probs and values before the update ---
 

@@ -1,5 +1,6 @@
 """Model loading for stepcoder.py: the tiny CPU model, a pretrained model (hub id or local directory)
-in 4-bit with a LoRA adapter and the value head, and the supervised warm start.
+in 4-bit with a LoRA adapter and the value head; the model that samples (the merged sampler, and
+`decode`: one forward per token with a KV cache, finished rows leaving the batch); the warm start.
 
     python -c "import curriculum; from support import models; print(models.build_tiny(curriculum.load_problems('data/train.json'), 0)[1])"
 
@@ -265,6 +266,54 @@ def refresh_sampler(sampler, policy) -> None:
         if adapted:  # W + scale * B A of the active adapter
             weight = weight + source.get_delta_weight(policy.active_adapter)
         param.copy_(weight)
+
+
+@torch.no_grad()
+def decode(model, tok, ids, attention_mask, n_new: int, temperature: float, top_p: float):
+    """Up to n_new tokens for each left-padded prompt, one forward per token with a KV cache. A row that
+    finished (EOS; a chat model's closing fence, its program's end) leaves the batch with its rows of
+    the cache: the last steps of a batch compute only the rows still writing (transformers' `generate`
+    computes every row until the last one finishes). -> (b, g) response ids, right-padded"""
+    from transformers import StaticCache
+    out = torch.full((len(ids), n_new), tok.pad_token_id, device=ids.device)         # (b, n_new)
+    rows = torch.arange(len(ids), device=ids.device)                                 # (r,) still writing
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + n_new)     # no copy per token
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                      # (b, P)
+    logits = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
+                   cache=cache, logits_to_keep=1).logits[:, -1].float()    # (r, V)
+    for t in range(n_new):
+        next_tokens = sample_next(logits, temperature, top_p)                        # (r,)
+        out[rows, t] = next_tokens
+        finished = next_tokens == tok.eos_token_id                                   # (r,)
+        if is_chat(tok):  # the fence is 3 characters: within the last 4 tokens (a token may decode to "")
+            tails = tok.batch_decode(out[rows, max(0, t - 3):t + 1], skip_special_tokens=True)
+            finished |= torch.tensor([FENCE in tail for tail in tails], device=ids.device)
+        if finished.all() or t == n_new - 1:
+            return out[:, :t + 1]
+        if finished.any():
+            keep = (~finished).nonzero().squeeze(1)                                  # (r',)
+            cache.reorder_cache(keep)  # keeps the cache's rows `keep` (the API beam search reorders with)
+            rows = rows[keep]
+            next_tokens = next_tokens[keep]
+            attention_mask = attention_mask[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], 1)  # (r, P+t+1)
+        position_ids = attention_mask.sum(1, keepdim=True) - 1                       # (r, 1)
+        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
+                       position_ids=position_ids, cache=cache).logits[:, -1].float()  # (r, V)
+
+
+def sample_next(logits, temperature: float, top_p: float):
+    """Greedy decoding (temperature 0), or a sample from softmax(logits / temperature) restricted to the
+    nucleus: the most likely tokens whose probabilities add up to top_p (transformers' temperature and
+    top-p warpers, top_k off). logits (r, V) -> (r,)"""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    sorted_logits, sorted_ids = torch.sort(logits, descending=False)                 # (r, V) rising
+    outside = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p                      # (r, V) mass <= 1 - top_p
+    outside[:, -1] = False  # the most likely token always stays
+    logits = logits.masked_fill(outside.scatter(1, sorted_ids, outside), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)
 
 
 def in_row_groups(forward, input_ids, attention_mask, rows_per_forward: int):

@@ -130,6 +130,15 @@ def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list
             f"(lines marked | are the canonical prefix of the stage, + are generated; ⟦masked by FGO⟧)\n{body}")
 
 
+def show_rollouts(rollouts, results: list, b_fgo, count: int) -> None:
+    """--show-rollouts: the first `count` scored rollouts of a step (stepcoder.Rollouts), FGO-masked tokens marked."""
+    for i in range(min(count, len(results))):
+        ends = rollouts.token_ends[i]
+        pieces = [rollouts.texts[i][a:b] for a, b in zip([0] + ends[:-1], ends)]
+        tqdm.write(show_rollout(rollouts.problems[i], rollouts.stages[i], rollouts.prefixes[i], pieces,
+                                b_fgo[i].tolist(), results[i]))
+
+
 def log_step(run_dir: Path, metrics: dict, tensorboard) -> None:
     """One row of metrics.jsonl (every metric is defined in docs/WALKTHROUGH.md), TensorBoard's scalars,
     and the step's one greppable line."""

@@ -40,7 +40,8 @@ def test_every_rank_holds_the_same_adapter_value_head_and_curriculum_after_each_
         assert all(torch.equal(a["adapter"][n], b["adapter"][n]) for n in a["adapter"])  # bitwise
         assert all(torch.equal(a["value_head"][n], b["value_head"][n]) for n in a["value_head"])
         assert a["curriculum"] == b["curriculum"]
-    assert any(rho > 0 for _, _, rho in rank0["steps"][-1]["curriculum"]["problems"]), "no pass: nothing to compare"
+    assert any(rho > 0 for step in rank0["steps"] for _, _, rho, _ in step["curriculum"]["problems"]), \
+        "no pass: nothing to compare"  # (at step 2 the schedule has put every problem at stage 0, rho 0)
     progress = json.loads((run / "checkpoint" / "progress.json").read_text())  # rank 0's checkpoint of step 2
     assert progress["step"] == 2 and progress["curriculum"] == rank0["steps"][-1]["curriculum"]
     saved = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["value_head"]
@@ -50,9 +51,10 @@ def test_every_rank_holds_the_same_adapter_value_head_and_curriculum_after_each_
 def test_the_steps_problems_are_drawn_once_and_split_between_the_ranks(two_ranks):
     run, args, records, _ = two_ranks
     problems = curriculum.load_problems(args[args.index("--data") + 1])
-    rng = random.Random(1)  # --seed 1: the draw a single process makes
+    rng = random.Random(1)  # --seed 1: the draws a single process makes, passes over the data
+    passes = curriculum.Curriculum(problems)
     for step in range(2):
-        drawn = [p.problem_id for p in rng.sample(problems, PROBLEMS)]
+        drawn = passes.draw(PROBLEMS, rng)
         for r, record in enumerate(records):  # rank r: every RANKS-th problem from the r-th, each SAMPLES times
             assert [pid for pid, _ in record["scored"][step]] == [pid for pid in drawn[r::RANKS] for _ in range(SAMPLES)]
 

@@ -212,12 +212,12 @@ def test_decode_lets_finished_rows_leave_and_matches_greedy_generate(tmp_path):
     # finish at different steps (fails if the cache keeps the dropped rows). A random model's greedy
     # tokens hardly depend on positions: a wrong one fails the trained stand-in's test in test_real_model.
     tok, model, ids, attention_mask = decode_setup(tmp_path)
-    free = stepcoder.decode(model, tok, ids, attention_mask, 24, 0.0, 1.0)          # (4, 24): no EOS written
+    free = models.decode(model, tok, ids, attention_mask, 24, 0.0, 1.0)          # (4, 24): no EOS written
     first_at = lambda token: [row.index(token) if token in row else None for row in free.tolist()]
     eos = next(token for token in free.flatten().tolist() if len(set(first_at(token))) >= 2)  # rows end at other steps
     stop_at = first_at(eos)
     fake_tok = SimpleNamespace(eos_token_id=eos, pad_token_id=tok.pad_token_id, chat_template=None)
-    ours = stepcoder.decode(model, fake_tok, ids, attention_mask, 24, 0.0, 1.0)
+    ours = models.decode(model, fake_tok, ids, attention_mask, 24, 0.0, 1.0)
     theirs = transformers_generate(model, ids, attention_mask, 24, eos, tok.pad_token_id, do_sample=False)
     assert ours.tolist() == theirs.tolist()
     for row, k in enumerate(stop_at):
@@ -231,7 +231,7 @@ def test_decode_samples_as_transformers_does(tmp_path):
     tok, model, ids, attention_mask = decode_setup(tmp_path)
     for temperature, top_p in ((0.7, 0.9), (1.3, 0.5), (0.5, 1.0)):
         torch.manual_seed(0)
-        ours = stepcoder.decode(model, tok, ids, attention_mask, 12, temperature, top_p)
+        ours = models.decode(model, tok, ids, attention_mask, 12, temperature, top_p)
         torch.manual_seed(0)
         theirs = transformers_generate(model, ids, attention_mask, 12, tok.eos_token_id, tok.pad_token_id,
                                        do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
@@ -244,9 +244,9 @@ def test_the_nucleus_is_the_smallest_set_reaching_top_p():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     for top_p, allowed in ((0.75, {0, 1}), (0.9, {0, 1, 2}), (0.4, {0}), (1.0, {0, 1, 2, 3})):
         torch.manual_seed(0)
-        drawn = {stepcoder.sample_next(logits.expand(4000, 4), 1.0, top_p)[i].item() for i in range(4000)}
+        drawn = {models.sample_next(logits.expand(4000, 4), 1.0, top_p)[i].item() for i in range(4000)}
         assert drawn == allowed, (top_p, drawn)
-    assert stepcoder.sample_next(torch.tensor([[0.1, 2.0, 0.3]]), 0.0, 0.9).item() == 1  # temperature 0: greedy
+    assert models.sample_next(torch.tensor([[0.1, 2.0, 0.3]]), 0.0, 0.9).item() == 1  # temperature 0: greedy
 
 
 def test_rows_in_length_groups_give_the_whole_minibatch_results_and_gradient(tmp_path):
