@@ -126,7 +126,7 @@ def test_the_merged_sampler_decodes_as_the_policy_and_follows_its_updates(tmp_pa
         built["policy"] = policy_model
         return make_sampler(policy_model, config)
     monkeypatch.setattr(stepcoder, "generate", checking)
-    monkeypatch.setattr(stepcoder, "make_sampler", remember)
+    monkeypatch.setattr(models, "make_sampler", remember)
     for sampler_flag in ("merged", "policy"):
         gaps.clear()
         stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "3", "--lr", "1e-2", "--sampler", sampler_flag,
