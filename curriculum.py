@@ -2,6 +2,7 @@
 
     python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
     python curriculum.py --id 1013                # one solution, its split points, every stage's prompt
+    python curriculum.py --id 1013 --steps 30     # ... and the steps at which the schedule's ceiling holds each stage
     python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file (read by support/problems.py)
 
 CCCS (curriculum of code completion subtasks) turns a long program into easier completion
@@ -264,6 +265,19 @@ def show(problem: Problem) -> str:
     return "\n".join(out)
 
 
+def schedule(problem: Problem, steps: int, plain_fraction: float = PLAIN_FRACTION) -> str:
+    """The steps of a run of `steps` PPO steps at which the schedule's ceiling holds each stage of the problem."""
+    k = len(stage_prefixes(problem.canonical_solution)) - 1
+    first = plain_from(steps, plain_fraction)
+    out = [f"schedule of a {steps}-step run (--cccs-plain-fraction {plain_fraction}): every problem at stage 0 "
+           f"from step {first}; the threshold may move this one sooner"]
+    for c in range(k, -1, -1):
+        held = [t for t in range(1, steps + 1) if stage_ceiling(k, t, first) == c]
+        if held:
+            out.append(f"  ceiling {c}: steps {held[0]}-{held[-1]}")
+    return "\n".join(out)
+
+
 def stats(problems: list[Problem]) -> str:
     calls = sum(p.fn_name is not None for p in problems)
     cls = sum("class Solution" in p.canonical_solution for p in problems)
@@ -282,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a JSON list or JSON Lines file (default: the bundled data/train.json)")
     ap.add_argument("--id", help="show one problem: split points, stage boundaries, each stage's prompt")
     ap.add_argument("--stats", action="store_true", help="counts per difficulty, stdin/call-based, histogram of E")
+    ap.add_argument("--steps", type=int, help="with --id: the schedule's ceiling over a run of this many PPO steps")
     args = ap.parse_args(argv)
     try:
         problems = load_problems(args.data)
@@ -293,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if match:
         print(show(match[0]))
+    if match and args.steps:
+        print(schedule(match[0], args.steps))
     if args.stats or args.id is None:
         print(stats(problems))
     return 0

@@ -454,6 +454,13 @@ def test_cli_marks_split_points_and_stage_boundaries(tmp_path, capsys):
     assert "==== stage 2: prefix of 5 lines ====" in lines and "==== stage 0: prefix of 0 lines ====" in lines
 
 
+
+def test_cli_shows_the_schedules_ceiling_over_a_run(tmp_path, capsys):
+    rec = {**GOOD[0], "canonical_solution": NESTED_ELIF}  # K = 2: ceiling 2, 1, 0 over 20 steps, plain from 16
+    assert main(["--data", str(write(tmp_path, [rec])), "--id", "1", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "ceiling 2: steps 1-8\n  ceiling 1: steps 9-15\n  ceiling 0: steps 16-20" in out
+
 def test_cli_stats(tmp_path, capsys):
     assert main(["--data", str(write(tmp_path, GOOD)), "--stats"]) == 0
     out = capsys.readouterr().out
