@@ -55,7 +55,7 @@ from tqdm import tqdm
 import curriculum
 import sandbox
 from curriculum import FENCE, fit_prompt, is_chat
-from support import distributed
+from support import distributed, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.runs import (Run, check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard,
@@ -528,6 +528,7 @@ def train(cfg: Config):
     problems = curriculum.load_problems(cfg.data)
     distributed.share(problems[:cfg.problems_per_step])  # several ranks: an uneven split is refused at once
     device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group
+    memory.check_gpu(cfg, device)  # on CUDA: settings that fit its free memory on paper, before the weights load
     sft_problems = curriculum.load_problems(cfg.sft_data) if cfg.sft_data else problems  # the warm start's
     evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
@@ -641,7 +642,11 @@ def pass_rates(by_decoding: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train(parse_config(argv))
+        cfg = parse_config(argv)
+        if cfg.memory_plan:  # the memory plan on paper, and stop: nothing loads or is written
+            print(memory.report(cfg))
+            return 0
+        train(cfg)
     except (UsageError, curriculum.DataError) as e:
         if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
             print(f"stepcoder: error: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@
     python3 bench/gpu_memory.py --scaled               # on a CPU: a scaled-down model, proves the path
     python3 bench/gpu_memory.py --arch 1.3b --emulate-24gb     # cap the process at 24 GiB: fits or OOM
     python3 bench/gpu_memory.py --arch 6.7b --json out.json --trainer-args="--sampler policy"
-    python3 bench/gpu_memory.py --budget                        # the memory of each phase on paper, no GPU
+    python3 bench/gpu_memory.py --budget                        # the memory of each phase on paper, no GPU (support/memory.py)
 
 What it does: builds the DeepSeek-Coder architecture from its published config (LlamaForCausalLM)
 with random weights, no download, saves it (bf16) with a byte-level BPE tokenizer of the same
@@ -38,19 +38,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import curriculum, stepcoder  # noqa: E402
-from support import models  # noqa: E402
+from support import memory, models  # noqa: E402
+from support.memory import ARCHS, COMMON  # noqa: E402  the published configs (their sources: support/memory.py)
 
-# Published configs (config.json of deepseek-ai/deepseek-coder-{1.3b,6.7b}-instruct, as reproduced in
-# e.g. huggingface.co/unrahul/deepseek-coder-1.3b-instruct-nf4 and .../CMU-AIR2/code-full-hard (1.3B),
-# huggingface.co/ajibawa-2023/Code-290k-6.7B-Instruct (6.7B), and a verl log printing the 1.3B
-# LlamaConfig): LlamaForCausalLM, untied embeddings, rope_theta 100000, linear RoPE scaling x4,
-# rms_norm_eps 1e-6, bos 32013, eos 32021 (<|EOT|>), pad 32014, vocab 32256. Check: 1.3B has
-# 1,346,471,936 parameters (a public PEFT card: 1,347,258,368 total incl. 786,432 LoRA weights).
-COMMON = dict(vocab_size=32256, max_position_embeddings=16384, rope_theta=100000.0,
-              rope_scaling={"type": "linear", "factor": 4.0}, rms_norm_eps=1e-6, hidden_act="silu",
-              tie_word_embeddings=False, bos_token_id=32013, eos_token_id=32021, pad_token_id=32014)
-ARCHS = {"1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16),
-         "6.7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)}
 SPECIALS = {32013: "<|bos|>", 32014: "<|pad|>", 32021: "<|EOT|>"}
 CHAT = ("{{ bos_token }}You are an AI programming assistant. Answer questions about computer science.\n"
         "{% for m in messages %}### Instruction:\n{{ m['content'] }}\n{% endfor %}"
@@ -91,35 +81,9 @@ def build_tokenizer(problems: list, vocab_size: int):
 
 
 def budget(arch: str, cfg, prompt_tokens: int) -> dict:
-    """GiB of each phase of a PPO step, on paper, from the architecture and the trainer's settings.
-    Weights: 4-bit linears at 0.5 byte per weight (+ ~3% quantisation constants), embeddings and head in
-    bf16; LoRA weights, gradients and AdamW moments in float32. Generation: the preallocated KV cache of
-    gen_batch_size rows of prompt + max_new_tokens (2 x layers x hidden x 2 bytes a token). The update,
-    per minibatch of prompt + max_new_tokens tokens: the activations autograd keeps, about 2 x (6 hidden +
-    4 intermediate) bytes a token and layer (norm inputs, q, k, v, attention output; gate, up, SiLU,
-    product), or with gradient checkpointing each layer's input plus one layer's; the logits in bf16 plus
-    their float32 log-softmax copies: three (B, G, V) of them in one pass, one chunk's with token_logprobs."""
-    d = {**COMMON, **ARCHS[arch]}
-    h, inter, layers, vocab = d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"], d["vocab_size"]
-    linear = layers * (4 * h * h + 3 * h * inter)
-    embeddings = 2 * vocab * h
-    dims = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h), "gate_proj": (h, inter),
-            "up_proj": (h, inter), "down_proj": (inter, h)}
-    lora = layers * cfg.lora_r * sum(sum(dims[t]) for t in cfg.lora_targets.split(",") if t in dims)
-    tokens = prompt_tokens + cfg.max_new_tokens
-    per_layer_token = 2 * (6 * h + 4 * inter)
-    activations = cfg.minibatch_size * tokens * (layers * 2 * h + per_layer_token) if cfg.gradient_checkpointing \
-        else cfg.minibatch_size * tokens * layers * per_layer_token
-    logits = cfg.minibatch_size * cfg.max_new_tokens * vocab * 2
-    logit_copies = cfg.minibatch_size * min(128, cfg.max_new_tokens) * vocab * 4 * 3  # one chunk's float32 copies
-    row = {"weights (4-bit base)": linear * 0.5 * 1.03 + embeddings * 2, "LoRA + grads + AdamW": lora * 4 * 4,
-           "merged sampler (bf16 copy)": (linear + embeddings) * 2 if cfg.sampler == "merged" else 0.0,
-           "generate: KV cache": 2 * layers * h * 2 * cfg.gen_batch_size * tokens,
-           "update: activations": activations, "update: logits": logits + 2 * logits + logit_copies}
-    row = {k: v / GIB for k, v in row.items()}
-    fixed = row["weights (4-bit base)"] + row["LoRA + grads + AdamW"] + row["merged sampler (bf16 copy)"]
-    row["peak (fixed + the larger phase)"] = fixed + max(row["generate: KV cache"], row["update: activations"] + row["update: logits"])
-    return row
+    """GiB of each phase of a PPO step on paper: support/memory.py's budget(), which the trainer's plan at start
+    uses too (its docstring says how each term is counted)."""
+    return memory.budget(memory.MODELS[f"deepseek-coder-{arch}"], cfg, prompt_tokens)
 
 
 def sampler_gap(policy, cfg, tok, problems: list, device) -> float:
@@ -152,6 +116,7 @@ def measure(arch: str, args, out_root: str) -> dict:
             "--out", os.path.join(out_root, f"run-{arch}"), "--overwrite", "--save-every", "1000000"]
     argv += (["--quantize", "nf4"] if not cuda else []) + shlex.split(args.trainer_args)
     cfg = stepcoder.parse_config(argv)  # before the slow part: a bad --trainer-args flag fails here
+    # (on CUDA the trainer's memory plan may change settings the flags leave at their defaults: the row's are read after)
     tok = build_tokenizer(problems, config.vocab_size)
     torch.manual_seed(0)
     with torch.device("cuda" if cuda else "cpu"):  # random init on the GPU is much faster
@@ -163,9 +128,6 @@ def measure(arch: str, args, out_root: str) -> dict:
     prompt_lens = [len(tok(curriculum.build_prompt(p, tok), add_special_tokens=False)["input_ids"]) for p in problems]
     row = dict(arch=arch + (" (scaled)" if scaled else ""), device=torch.cuda.get_device_name() if cuda else "cpu",
                params=n_params, max_new_tokens=max_new, max_prompt_tokens=max(prompt_lens), trainer_argv=argv)
-    row.update(rollouts=cfg.problems_per_step * cfg.samples_per_problem, gen_batch_size=cfg.gen_batch_size,
-               minibatch_size=cfg.minibatch_size, sampler=cfg.sampler, gradient_checkpointing=cfg.gradient_checkpointing,
-               budget_gib=budget(arch, cfg, max(prompt_lens)))
     peaks = {"generate": [0.0, 0.0], "other": [0.0, 0.0]}  # GiB allocated, reserved: rollouts vs the rest
     def read_peaks(phase):  # the peak since the last read goes to `phase`; then reset the counters
         for i, peak in enumerate((torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())):
@@ -198,6 +160,9 @@ def measure(arch: str, args, out_root: str) -> dict:
                    gen_tokens_per_s=mean("gen_tokens_per_s"))
     finally:
         stepcoder.generate = plain_generate
+    row.update(rollouts=cfg.problems_per_step * cfg.samples_per_problem, gen_batch_size=cfg.gen_batch_size,
+               minibatch_size=cfg.minibatch_size, sampler=cfg.sampler, gradient_checkpointing=cfg.gradient_checkpointing,
+               budget_gib=budget(arch, cfg, max(prompt_lens)))  # the planned peak: budget_gib[memory.PEAK]
     if cuda:
         read_peaks("other")
         row.update(peak_allocated_gib=max(peaks["generate"][0], peaks["other"][0]),
@@ -210,18 +175,19 @@ def measure(arch: str, args, out_root: str) -> dict:
     return row
 
 
-BUDGET_SETTINGS = {  # label: (architecture, trainer flags)
+BUDGET_SETTINGS = {  # label: (architecture, trainer flags over that model's defaults)
     "1.3B, before (policy samples, 2 x 16, no checkpointing)": ("1.3b", ["--sampler", "policy", "--gen-batch-size", "16", "--no-gradient-checkpointing"]),
     "1.3B, defaults (merged sampler, 1 x 32, checkpointing)": ("1.3b", []),
-    "6.7B, defaults": ("6.7b", []),
+    "6.7B, 1.3B's defaults (merged sampler, 1 x 32)": ("6.7b", ["--sampler", "merged", "--gen-batch-size", "32"]),
+    "6.7B, defaults (policy samples, 2 x 16)": ("6.7b", []),
     "6.7B, policy samples, 4 x 8": ("6.7b", ["--sampler", "policy", "--gen-batch-size", "8"]),
 }
 
 
 def print_budget(prompt_tokens: int) -> None:
-    rows = {label: budget(arch, stepcoder.parse_config(["--model", "deepseek-coder-1.3b", *flags]), prompt_tokens)
+    rows = {label: budget(arch, stepcoder.parse_config(["--model", f"deepseek-coder-{arch}", *flags]), prompt_tokens)
             for label, (arch, flags) in BUDGET_SETTINGS.items()}
-    print(f"GiB on paper, prompt {prompt_tokens} + 1024 new tokens, minibatch 4 (bench/gpu_memory.py budget()):")
+    print(f"GiB on paper, prompt {prompt_tokens} + 1024 new tokens, minibatch 4 (support/memory.py budget()):")
     print(f"| {'':<38} | " + " | ".join(label for label in rows) + " |")
     print("|---|" + "---:|" * len(rows))
     for key in next(iter(rows.values())):
@@ -240,7 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate-24gb", action="store_true",
                     help="cap this process at 24 GiB of the GPU (torch.cuda.set_per_process_memory_fraction)")
     ap.add_argument("--budget", action="store_true", help="print the memory budget on paper (no model is built) and stop")
-    ap.add_argument("--prompt-tokens", type=int, default=400, help="prompt length the budget assumes (the bundled problems: <= 330 in this tokenizer)")
+    ap.add_argument("--prompt-tokens", type=int, default=memory.PROMPT_TOKENS, help="prompt length the budget assumes (the bundled problems: <= 330 in this tokenizer)")
     args = ap.parse_args(argv)
     if args.budget:
         print_budget(args.prompt_tokens)

@@ -6,7 +6,8 @@
 What it holds: the run's settings (model, data, rollouts, PPO, the two StepCoder components), the
 defaults `--model tiny` changes for a laptop CPU (TINY_DEFAULTS, with the reasons), and the parsing
 of the command line, including `--resume` (a run's own saved config) and its checks: bad input is
-one line and exit code 2 (UsageError). Defaults fit one 24 GB GPU (1.3B, 4-bit base + LoRA).
+one line and exit code 2 (UsageError). Defaults fit one 24 GB GPU on paper (4-bit base + LoRA; 1.3B at
+the defaults, 6.7B with MODEL_DEFAULTS; support/memory.py, `--memory-plan`).
 The paper's settings and ours side by side: docs/METHOD.md, section 7.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ class Config:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names that get adapters (Llama family)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: far less memory for a slower update (bench/gpu_memory.py --budget; tiny: off)"})
-    sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower)"})
+    sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower; 6.7B's default)"})
+    memory_plan: bool = field(default=False, metadata={"help": "print the GPU memory plan on paper (each term of the peak at these settings, and what fits 24, 16 and 12 GiB) and stop; on CUDA every run checks it against the free memory before the weights load (support/memory.py)"})
     # --- data and run --------------------------------------------------------------------
     data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS layout)"})
     test_data: str = field(default="data/test.json", metadata={"help": "problems for --eval"})
@@ -51,7 +53,7 @@ class Config:
     # --- rollouts ------------------------------------------------------------------------
     problems_per_step: int = field(default=8, metadata={"help": "problems sampled per PPO step, over all ranks: under torchrun every rank draws the same ones and rank r of N takes every N-th from the r-th (a multiple of N)"})
     samples_per_problem: int = field(default=4, metadata={"help": "rollouts per problem (paper: 16)"})
-    gen_batch_size: int = field(default=32, metadata={"help": "sequences generated at once (default: a step's 32 rollouts in one batch)"})
+    gen_batch_size: int = field(default=32, metadata={"help": "sequences generated at once (default: a step's 32 rollouts in one batch; 6.7B: 16)"})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "longer prompts get their problem statement shortened (never the canonical prefix)"})
     max_new_tokens: int = field(default=1024, metadata={"help": "generation length limit (paper: 1024)"})
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (paper: 0.8)"})
@@ -101,6 +103,10 @@ TINY_DEFAULTS = dict(gradient_checkpointing=False, sft_steps=300, sft_lr=3e-3, m
 TINY_MARKER = "stepcoder-tiny.json"  # written into a warm-started tiny base: `--model RUN/base` is tiny too
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
+# A known model's defaults that fit one 24 GB GPU on paper (support/memory.py; tests/test_memory.py checks that
+# they are what memory.fit picks for 24 GiB). 1.3B fits at the defaults (11.9 GiB); 6.7B's bf16 sampler copy
+# (12.6 GiB) and a KV cache of 32 rows (22.3 GiB) do not (39.0 GiB): the policy samples, 16 rows at a time (15.3 GiB).
+MODEL_DEFAULTS = {"deepseek-coder-6.7b": dict(sampler="policy", gen_batch_size=16)}
 
 
 class UsageError(Exception):
@@ -125,7 +131,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     """Every Config field is a flag (a boolean X: --X and --no-X); `--model tiny` changes the defaults the
     user did not set; `--resume DIR` takes the run's saved config, with the few flags that may change."""
     parser = ArgumentParser(description="StepCoder, small: PPO + CCCS + FGO.", argument_default=argparse.SUPPRESS,
-                            epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}")
+                            epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}; and "
+                                   f"deepseek-coder-6.7b these: {MODEL_DEFAULTS['deepseek-coder-6.7b']}")
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -135,25 +142,28 @@ def parse_config(argv: list[str] | None = None) -> Config:
                                 help=f"{f.metadata['help']} (default: {f.default!r})")
     given = vars(parser.parse_args(argv))
     if given.get("resume"):
-        cfg = Config(**{**saved_config(given["resume"]), **{k: v for k, v in given.items() if k in RESUME_FLAGS}})
+        given = {k: v for k, v in given.items() if k in RESUME_FLAGS}
+        cfg = Config(**{**saved_config(given["resume"]), **given})
     else:
         cfg = Config(**{**defaults_for(given.get("model", Config.model)), **given})
     check_config(cfg)
     cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
-    return cfg
+    cfg.given = frozenset(given)  # the flags the user gave (not a field: not a flag, not saved): the memory plan
+    return cfg                    # at start changes only the others (support/memory.py)
 
 
-RESUME_FLAGS = ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts", "tensorboard")
+RESUME_FLAGS = ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts", "tensorboard",
+                "memory_plan")
 
 
 def defaults_for(model: str) -> dict:
     """The defaults a model changes: tiny's for `tiny`; for a saved tiny base the same, less the warm start
-    (it is warm-started already); none for a pretrained model."""
+    (it is warm-started already); a known pretrained model's (by name or hub id) that fit 24 GB; else none."""
     if model == "tiny":
         return TINY_DEFAULTS
     if is_tiny(model):
         return {**TINY_DEFAULTS, "sft_steps": 0}
-    return {}
+    return next((MODEL_DEFAULTS.get(name, {}) for name, hub_id in MODEL_ALIASES.items() if model in (name, hub_id)), {})
 
 
 def saved_config(run_dir: str) -> dict:
