@@ -257,7 +257,7 @@ def show(problem: Problem) -> str:
            f"K={K} completion stages + stage 0 (plain generation)", ""]
     for n, line in enumerate(_lines(code), 1):
         if n in starts:
-            out.append(f"     ---- stage {starts[n]}: the prompt holds the lines above; the policy writes the rest ----")
+            out.append(f"     ---- stage {starts[n]}: the prompt holds the lines above; the policy writes the rest")
         out.append(f"{n:4d} {f'[{points.index(n)}]' if n in points else '':>5} {line.rstrip()}")
     out += ["", "==== prompt (every stage; the stage's prefix follows it) ====", build_prompt(p).rstrip("\n")]
     for k, pre in enumerate(prefixes):
@@ -284,7 +284,8 @@ def stats(problems: list[Problem]) -> str:
     diff, tests = Counter(p.difficulty for p in problems), [len(p.inputs) for p in problems]
     out = [f"{len(problems)} problems: " + ", ".join(f"{d} {diff[d]}" for d in DIFFICULTIES),
            f"stdin {len(problems) - calls}, call-based {calls} ({cls} as class Solution methods)",
-           f"tests per problem: min {min(tests)}, max {max(tests)}", "E (conditional statements): stages K+1 (K with split point 0 on line 1), problems"]
+           f"tests per problem: min {min(tests)}, max {max(tests)}",
+           "E (conditional statements): stages K+1 (K with split point 0 on line 1), problems"]
     for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
         out.append(f"  E={e:3d}  K+1={math.ceil(math.sqrt(e)) + 1:2d}  {n:4d} {'#' * n}")
     return "\n".join(out)

@@ -42,22 +42,26 @@ class ExecResult:
     executed_lines: frozenset = frozenset()  # 1-based lines of `code` run by any test that ran
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
-    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False: some
-    # may have run unmarked (support/containment.py, departure 'tracing never decides a verdict'; coverage off; the sandbox failed): FGO keeps every token.
+    # True: every line that ran in a test that ran is in executed_lines (nothing ran: compile_error). False:
+    # some may have run unmarked (support/containment.py, departure 'tracing never decides a verdict';
+    # coverage off; the sandbox failed): FGO keeps every token.
     coverage_complete: bool = False
 
 # ---------------------------------------------------------------- comparison (docs/METHOD.md, section 2)
 _NUMBER, _INTEGER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"), re.compile(r"[+-]?\d+")
 
 def outputs_match(got: str, want: str) -> bool:
-    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure 'strict comparison')."""
+    """stdin tests: equal whitespace tokens, or every token pair equal or the same number (departure
+    'strict comparison')."""
     a, b = got.split(), want.split()
     return a == b or len(a) == len(b) and all(x == y or _same_number(x, y) for x, y in zip(a, b))
 
 def _same_number(x: str, y: str) -> bool:  # integers exactly (any length); others within 1e-6 absolute or relative
     if _INTEGER.fullmatch(x) and _INTEGER.fullmatch(y):
         return decimal.Decimal(x) == decimal.Decimal(y)
-    return bool(_NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)) and math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6)
+    if not (_NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)):
+        return False
+    return math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-6)
 
 def values_match(got, want) -> bool:
     """Call-based tests: `==` with tuples as lists and floats within 1e-6; APPS's [value] too."""

@@ -486,9 +486,9 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
     by_id = {p.problem_id: p for p in problems}
     for step in range(start + 1, cfg.steps + 1):
         run.progress["where"] = f"at step {step}"
-        # 1-2. The step's problems, the next of the passes over the data, each samples_per_problem times: their
-        #      CCCS prompts, then rollouts. The schedule's ceiling first lowers the stages training progress
-        #      asks for. Several ranks draw alike (one RNG and curriculum, the same on all); each takes its share.
+        # 1-2. The schedule's ceiling lowers the stages training progress asks for; the step's problems are
+        #      the next of the passes over the data, each samples_per_problem times: their CCCS prompts, then
+        #      rollouts. Several ranks draw alike (one RNG and curriculum, the same on all), each takes its share.
         cccs.follow_schedule(step, cfg.steps)
         drawn = [by_id[problem_id] for problem_id in cccs.draw(cfg.problems_per_step, rng)]
         batch = [p for p in distributed.share(drawn) for _ in range(cfg.samples_per_problem)]
@@ -528,7 +528,7 @@ def train(cfg: Config):
     problems = curriculum.load_problems(cfg.data)
     distributed.share(problems[:cfg.problems_per_step])  # several ranks: an uneven split is refused at once
     device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group
-    memory.check_gpu(cfg, device)  # on CUDA: settings that fit its free memory on paper, before the weights load
+    memory.check_gpu(cfg, device)  # on CUDA: settings that fit its free memory, before the weights load
     sft_problems = curriculum.load_problems(cfg.sft_data) if cfg.sft_data else problems  # the warm start's
     evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
     if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
@@ -546,8 +546,8 @@ def train(cfg: Config):
         agent = load_agent(cfg, sft_problems, run, device, resuming)  # (it seeds torch with --seed)
         rng = random.Random(cfg.seed)  # RL's own: problem draws
         optimizer = make_optimizer(agent, cfg)
-        cccs = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold, enabled=cfg.cccs,
-                                     plain_fraction=cfg.cccs_plain_fraction)
+        cccs = curriculum.Curriculum(problems, alpha=cfg.cccs_alpha, rho_t=cfg.cccs_threshold,
+                                     enabled=cfg.cccs, plain_fraction=cfg.cccs_plain_fraction)
         if resuming:  # every rank: the same adapter, value head, optimizer, curriculum, and rank 0's RNG
             start = load_checkpoint(run.dir / "checkpoint", agent.value_head, optimizer, cccs, rng)
         elif distributed.is_main():  # step 0: the warm start's result, so an interrupted run never redoes it
@@ -556,8 +556,8 @@ def train(cfg: Config):
         distributed.own_rng()  # rank r > 0: its own sampling stream (support/distributed.py says how)
         run.progress["saved"] = f"step {start}"
         if distributed.is_main():
-            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
-                                         cfg.cccs, cfg.cccs_plain_fraction))
+            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step,
+                                         cfg.samples_per_problem, cfg.cccs, cfg.cccs_plain_fraction))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():
