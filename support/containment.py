@@ -82,13 +82,15 @@ def run_programs(programs, timeout, workers=None, progress=False, coverage=True)
                     else:  # the worker died (it should not): say so, replace it
                         results[i] = {"error": f"sandbox worker died (status {w.wait()})"}
                         w = _POOL.start(n)[k]  # also replaces other dead ones; their EOF feeds their new one
-                    bar is not None and bar.update(1)
+                    if bar is not None:
+                        bar.update(1)
                     feed(w)
         except BaseException:
             _POOL.close()  # workers may be mid-job: start afresh next time
             raise
         finally:
-            bar is not None and bar.close()
+            if bar is not None:
+                bar.close()
     return results
 
 class _Pool:

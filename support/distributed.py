@@ -120,5 +120,6 @@ def gather_rows(tensors: dict, device) -> dict:
         return tensors
     ranks = gather({name: t.cpu() for name, t in tensors.items()})
     width = {name: max(r[name].shape[-1] for r in ranks) for name in tensors}
-    pad = lambda t, name: torch.nn.functional.pad(t, (0, width[name] - t.shape[-1])) if t.dim() == 2 else t
+    def pad(t, name):  # a (B, G) tensor to the widest G
+        return torch.nn.functional.pad(t, (0, width[name] - t.shape[-1])) if t.dim() == 2 else t
     return {name: torch.cat([pad(r[name], name) for r in ranks]).to(device) for name in tensors}

@@ -140,11 +140,11 @@ def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> lis
 def missing_id(wanted: str, path: str | Path, problems: list[Problem]) -> str:
     """One line: `wanted` is not in the file at `path`, which ids it has, and which bundled file has it."""
     ids = [p.problem_id for p in problems]
-    count = f"{len(ids)} problem" + "s" * (len(ids) != 1)
+    count = f"{len(ids)} problem" if len(ids) == 1 else f"{len(ids)} problems"
     if all(isinstance(i, int) for i in ids):
         have = f"{count}, ids {min(ids)} to {max(ids)}"
     else:
-        have = f"{count}, ids {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
+        have = f"{count}, ids {', '.join(map(str, ids[:5]))}" + (", ..." if len(ids) > 5 else "")
     message = f"no problem with id {wanted!r} in {path} ({have})"
     for other in sorted((Path(__file__).resolve().parents[1] / "data").glob("*.json*")):
         if other.resolve() == Path(path).resolve():
