@@ -137,11 +137,12 @@ def main():
     step_ids, step_am = stepcoder.tokenize_prompts(tok, [curriculum.build_prompt(p, tok) for p in step_problems], "cpu")
     step_b_ids, step_b_attn = torch.cat([step_ids, resp], 1), torch.cat([step_am, mask], 1)   # (N, P+G)
     def grouped_passes(rows_per_forward):
+        settings = dataclasses.replace(cfg, temperature=0.5, rows_per_forward=rows_per_forward)
         with torch.no_grad():
-            old = torch.cat([stepcoder.logprobs_and_values(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, 0.5, rows_per_forward)[0]
+            old = torch.cat([stepcoder.forward_rows(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, settings)[0]
                              for mb in order])
         for mb in order:
-            logprobs, _, values = stepcoder.logprobs_and_values(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, 0.5, rows_per_forward)
+            logprobs, _, values = stepcoder.forward_rows(policy, value_head, step_b_ids[mb], step_b_attn[mb], G, settings)
             (logprobs.sum() + values.sum()).backward()
         return old * mask[torch.cat(order)]
     t_whole, t_grouped, lp_whole, lp_grouped = compare(lambda: grouped_passes(0), lambda: grouped_passes(cfg.rows_per_forward))
