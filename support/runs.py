@@ -249,8 +249,8 @@ def plain_generation(run_dir: Path) -> str | None:
     how = [row[3] if len(row) > 3 else None for row in curriculum["problems"]]
     stages = [row[1] for row in curriculum["problems"]]
     from_start = sum(stage == 0 and reached is None for stage, reached in zip(stages, how))
-    return (f"plain generation (stage 0): {how.count('threshold')} problems reached it by the threshold, "
-            f"{how.count('schedule')} by the schedule, {from_start} had no completion stage; "
+    return (f"problems at plain generation (stage 0): {how.count('threshold')} moved there by the threshold, "
+            f"{how.count('schedule')} by the schedule, {from_start} without completion stages; "
             f"{sum(stage > 0 for stage in stages)} of {len(stages)} still at completion stages")
 
 

@@ -235,3 +235,13 @@ def test_the_summary_names_the_curves_png(tmp_path):
     lines = runs.summary(tmp_path).splitlines()
     assert f"curves: {tmp_path}/curves.png" in lines
     assert lines[-1].startswith(f"files: {tmp_path}/metrics.jsonl, {tmp_path}/checkpoint/; continue with --resume")
+
+
+def test_the_summary_counts_how_problems_reached_plain_generation(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    problems = [[1, 0, 0.0, "threshold"], [2, 0, 0.0, "schedule"], [3, 0, 0.0, "schedule"], [4, 0, 0.0, None],
+                [5, 2, 0.3, None]]  # 4: no completion stage; 5: still at stage 2
+    curriculum_state = {"alpha": 0.3, "rho_t": 0.6, "enabled": True, "problems": problems}
+    (tmp_path / "checkpoint" / "progress.json").write_text(json.dumps({"step": 3, "curriculum": curriculum_state}))
+    assert ("problems at plain generation (stage 0): 1 moved there by the threshold, 2 by the schedule, 1 without "
+            "completion stages; 1 of 5 still at completion stages") in runs.summary(tmp_path)
