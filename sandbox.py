@@ -1,7 +1,13 @@
-"""The reward judge: run a program on APPS-style unit tests -> verdict, reward and executed lines.
+"""The reward judge: run a program on its unit tests -> verdict, reward and executed lines.
 
     python sandbox.py PROGRAM.py --data data/train.json --id 3 [--json] [--show-coverage]  # exit 0: pass
     run_tests(code, {"inputs": ["1 2\\n"], "outputs": ["3\\n"], "fn_name": None}).reward  # 1.0
+    run_tests("def f(x):\\n    return x", assertion_tests("assert f(2) == 2")).reward  # 1.0
+
+Three kinds of tests: stdin (APPS: input -> expected output), call-based (APPS: fn_name, arguments -> value),
+and assertion tests (HumanEval's check(candidate), MBPP's asserts): test code run after the program in its
+namespace, one test: a failed assert of the test code is a wrong answer, any other exception (in the program, or
+in the test code, such as a missing function) a runtime error. Only the program's lines are traced.
 
 Implements StepCoder's (Dou et al. 2024) compiler feedback, the RL reward of §3.1, Eq. 3 (CodeRL's
 setting, docs/METHOD.md section 2): +1 all tests pass, -0.3 wrong answer, -0.6 runtime error or timeout,
@@ -15,11 +21,11 @@ Departures from the paper / the APPS harness, and why:
    reward): `passed` counts tests that ran and passed, `executed_lines` is the union over tests that ran.
 2. Strict comparison, not APPS's: whitespace tokens; two integers exactly, however long; other numbers
    within 1e-6 absolute or relative; no lower-casing or set comparison (they pass wrong programs).
-   Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value.
+   Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value. Assertion tests: the test code's own.
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
-from support.containment import EXCERPT, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
+from support.containment import EXCERPT, TESTS, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
@@ -84,6 +90,10 @@ def run_tests(code: str, tests: dict, timeout: float = 4.0, *, coverage: bool = 
     """Run one program on its tests (see the module docstring); `timeout` is seconds per test."""
     return run_batch([(code, tests)], timeout, workers=1, coverage=coverage)[0]
 
+def assertion_tests(test_code: str) -> dict:
+    """The tests dict of assertion tests: one test whose expected "value" is True, every assertion holding."""
+    return {"inputs": [""], "outputs": [True], "fn_name": None, "test_code": test_code}
+
 def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
               progress: bool = False, *, coverage: bool = True) -> list:
     """Run many (code, tests) jobs over the warm workers (default: one per core); input order kept."""
@@ -91,12 +101,22 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     for i, (_, tests) in enumerate(jobs):
         _check(tests, f"jobs[{i}]")
-    programs = [(code, tests["inputs"], tests.get("fn_name")) for code, tests in jobs]  # no expected outputs
+    programs = [(code, tests["inputs"], tests.get("fn_name"), tests.get("test_code"))  # no expected outputs
+                for code, tests in jobs]
     raws = run_programs(programs, timeout, workers, progress, coverage)
     return [_judge(raw, tests) for raw, (_, tests) in zip(raws, jobs)]
 
 def _check(tests, where):
-    """Reject malformed tests before anything runs, naming what is wrong."""
+    """Reject malformed tests before anything runs, naming what is wrong (test code that does not compile is the
+    tests' fault, not a compile error of the program)."""
+    if isinstance(tests, dict) and "test_code" in tests:
+        if {**tests, "test_code": ""} != assertion_tests("") or not isinstance(tests["test_code"], str):
+            raise ValueError(f"{where}: assertion tests are sandbox.assertion_tests(test_code), a str")
+        try:
+            compile(tests["test_code"], TESTS, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
+            raise ValueError(f"{where}: the test code does not compile: {type(e).__name__}: {e}") from None
+        return
     ins, outs, fn = (tests.get(k) for k in ("inputs", "outputs", "fn_name")) if isinstance(tests, dict) else (0, 0, 0)
     if not (isinstance(ins, list) and isinstance(outs, list) and len(ins) == len(outs) > 0):
         raise ValueError(f"{where}: tests need 'inputs' and 'outputs', non-empty lists of equal length")
@@ -164,7 +184,8 @@ def main(argv=None):
         print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s{error}")
     if failure is not None:
         print(f"first failing test: test {failure['test']} ({failure['verdict']})")
-        show = str if problems[args.id].fn_name else repr  # call-based: JSON as it is; stdin: quoted, \n shown
+        tests = problems[args.id].tests
+        show = str if tests["fn_name"] or "test_code" in tests else repr  # stdin: quoted, \n shown
         for key in ("input", "expected", "actual"):
             print(f"  {key + ':':9} {_cut(failure[key], show)}")
     print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
@@ -187,9 +208,12 @@ def _coverage(code: str, result) -> str:
 
 def _first_failure(result, tests):
     """The first test that ran and did not pass: number, verdict, input, expected and actual output as text
-    (call-based: as JSON; actual: the returned value); None if there is none."""
+    (call-based: as JSON; actual: the returned value; assertion tests: the test code, the traceback); None if none."""
     call = tests["fn_name"] is not None
     for i, d in enumerate(result.details):
+        if d.verdict != "pass" and "test_code" in tests:
+            return {"test": i + 1, "verdict": d.verdict, "input": tests["test_code"],
+                    "expected": "every assertion holds", "actual": d.stderr}
         if d.verdict != "pass":
             inp, want = tests["inputs"][i], tests["outputs"][i]
             return {"test": i + 1, "verdict": d.verdict, "input": json.dumps(inp) if call else inp,

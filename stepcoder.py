@@ -154,7 +154,7 @@ class Rollouts:
 
 def collect_rollouts(sampler, policy, tok, problems: list, cccs, cfg: Config, device) -> Rollouts:
     """Steps 1-2: each problem's prompt at its CCCS stage, then one sampled response per row."""
-    prefixes = [prompt_prefix(cccs.prefix(p.problem_id)) for p in problems]
+    prefixes = [prompt_prefix(curriculum.program_prefix(p, cccs.prefix(p.problem_id), tok)) for p in problems]
     stages = [cccs.stage(p.problem_id) for p in problems]
     prompts = [fit_prompt(tok, p, prefix, cfg.max_prompt_tokens) for p, prefix in zip(problems, prefixes)]
     prompt_ids, prompt_mask = tokenize_prompts(tok, [text for text, _ in prompts], device)  # (N, P)
@@ -602,9 +602,10 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
     greedy decoding's pass rate ("greedy"); "problems": each problem's pass rates."""
     tok = agent.tok
-    prompts = [fit_prompt(tok, p, "", cfg.max_prompt_tokens)[0] for p in problems]
+    starts = [prompt_prefix(curriculum.program_prefix(p, "", tok)) for p in problems]  # HumanEval, base: its prompt
+    prompts = [fit_prompt(tok, p, start, cfg.max_prompt_tokens)[0] for p, start in zip(problems, starts)]
     order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))  # similar lengths pad less
-    problems = [problems[i] for i in order]
+    problems, starts = [problems[i] for i in order], [starts[i] for i in order]
     ids, attention_mask = tokenize_prompts(tok, [prompts[i] for i in order], agent.device)
     decodings = [("greedy", 0.0, 1)]
     if cfg.eval_temperature > 0:
@@ -615,7 +616,8 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
         responses, _ = generate(agent.sampler, tok, ids.repeat_interleave(n, 0),
                                 attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens, temperature,
                                 cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
-        programs = [program_text(tok, row) for row in responses.tolist()]
+        programs = [start + program_text(tok, row) for start, row in zip(
+            (start for start in starts for _ in range(n)), responses.tolist())]
         samples = [p for p in problems for _ in range(n)]
         for p, result in zip(samples, sandbox_results(programs, samples, cfg)):
             for difficulty in (p.difficulty, "overall"):

