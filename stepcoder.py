@@ -41,7 +41,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -575,7 +577,7 @@ def train(cfg: Config):
     return run.dir, agent.policy, agent.value_head
 
 
-# ------------------------------- evaluation (not the method: pass@1 before and after RL) ---
+# ------------------------------- evaluation (not the method: pass@k before and after RL) ---
 
 def run_evaluation(agent, evals: dict, cfg: Config, run: Run, step: int) -> None:
     """pass@1 at stage 0 on each problem set (held-out ones greedily, unless --eval-test-sampled), into
@@ -600,7 +602,8 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
     """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
-    greedy decoding's pass rate ("greedy"); "problems": each problem's pass rates."""
+    greedy decoding's pass rate ("greedy"); pass@k with 95% intervals (`pass_at_ks`) from the samples,
+    or from the greedy decode without them; "problems": each problem's pass rates and passing samples."""
     tok = agent.tok
     starts = [prompt_prefix(curriculum.program_prefix(p, "", tok)) for p in problems]  # HumanEval, base: its prompt
     prompts = [fit_prompt(tok, p, start, cfg.max_prompt_tokens)[0] for p, start in zip(problems, starts)]
@@ -611,7 +614,7 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
     if cfg.eval_temperature > 0:
         decodings.append(("pass@1", cfg.eval_temperature, cfg.eval_samples))
     rewards = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # difficulty -> decoding -> rewards
-    solved = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> pass rate
+    passed = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> passing samples
     for key, temperature, n in decodings:
         responses, _ = generate(agent.sampler, tok, ids.repeat_interleave(n, 0),
                                 attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens, temperature,
@@ -622,10 +625,18 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
         for p, result in zip(samples, sandbox_results(programs, samples, cfg)):
             for difficulty in (p.difficulty, "overall"):
                 rewards[difficulty].setdefault(key, []).append(result.reward)
-            pass_rate = solved[str(p.problem_id)].get(key, 0.0) + (result.reward == 1.0) / n
-            solved[str(p.problem_id)][key] = pass_rate
-    report = {d: pass_rates(by_decoding) for d, by_decoding in rewards.items() if by_decoding}
-    report["problems"] = solved  # bench/ablations.py: the problems the warm start never solves
+            counts = passed[str(p.problem_id)]
+            counts[key] = counts.get(key, 0) + (result.reward == 1.0)
+    key, _, n = decodings[-1]  # pass@k: from the samples, else from the greedy decode (n = 1)
+    report = {}
+    for d, by_decoding in rewards.items():
+        if by_decoding:
+            passing = [passed[str(p.problem_id)][key] for p in problems if d in (p.difficulty, "overall")]
+            report[d] = pass_rates(by_decoding) | pass_at_ks(passing, n)
+    n_of = {decoding: count for decoding, _, count in decodings}
+    report["problems"] = {pid: {decoding: c / n_of[decoding] for decoding, c in counts.items()}
+                          | {"passed": counts[key]}  # pass@k recomputes from it (pass_at_k(n, passed, k))
+                          for pid, counts in passed.items()}  # bench/ablations.py: problems the warm start never solves
     tqdm.write(f"pass@1 ({tag})  " + "  ".join(
         f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward {v['reward']:+.3f}, n={v['n']})"
         for d, v in report.items() if d != "problems"))
@@ -639,6 +650,36 @@ def pass_rates(by_decoding: dict) -> dict:
     greedy = by_decoding["greedy"]
     return {"pass@1": sampled.count(1.0) / len(sampled), "reward": sum(sampled) / len(sampled),
             "greedy": greedy.count(1.0) / len(greedy), "n": len(greedy)}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al. 2021's unbiased estimate of pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k),
+    as their product 1 - prod_{i = n-c+1..n} (1 - k / i) (no large binomials)."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every draw of k samples holds a passing one
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def interval95(values: list[float]) -> list[float]:
+    """A 95% interval for the mean of per-problem values, by the normal approximation: mean +- 1.96 *
+    sd / sqrt(problems) (sd with the n - 1 denominator), clipped to [0, 1]. Its spread is the problems',
+    as a new draw of problems would vary the mean. One problem gives no spread: [0, 1]."""
+    if len(values) < 2:
+        return [0.0, 1.0]
+    mean, half = statistics.mean(values), 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    return [max(0.0, mean - half), min(1.0, mean + half)]
+
+
+def pass_at_ks(passed: list[int], n: int) -> dict:
+    """Each problem's passing samples of n -> "pass@k" for k = 1, the powers of 2 up to n, and n (the mean
+    over problems of `pass_at_k`), "ci95": the 95% intervals over problems of pass@1 and pass@n
+    (`interval95`), and "samples": n."""
+    ks = sorted({1, n, *(2 ** j for j in range(n.bit_length()))})
+    per_problem = {k: [pass_at_k(n, c, k) for c in passed] for k in ks}
+    return {"pass@k": {str(k): statistics.mean(values) for k, values in per_problem.items()},
+            "ci95": {f"pass@{k}": interval95(per_problem[k]) for k in (1, n)}, "samples": n}
 
 # -------------------------------------------------------------------------- command line ---
 

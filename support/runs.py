@@ -207,8 +207,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def summary(run_dir: Path, seconds: float | None = None) -> str:
-    """What the run did: pass@1 before -> after RL per problem set and difficulty, its rollouts, the time
-    it took, and where its files are."""
+    """What the run did: pass@1 before -> after RL per problem set and difficulty, each set's pass@1 and
+    pass@k with their 95% intervals, its rollouts, the time it took, and where its files are."""
     rows = read_metrics(run_dir)
     evaluations = sorted(run_dir.glob("eval_step*.json"), key=lambda p: int(p.stem.removeprefix("eval_step")))
     lines = [f"run {run_dir}: {rows[-1]['step'] if rows else 0} PPO steps" + (f" in {seconds / 60:.1f} min" if seconds else "")]
@@ -223,6 +223,9 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
                 lines.append(f"  {split:5s} {difficulty:12s} {before:.3f} -> {after['pass@1']:.3f} "
                              f"(greedy {first.get(split, {}).get(difficulty, {}).get('greedy', float('nan')):.3f} -> "
                              f"{after['greedy']:.3f}, n={after['n']})")
+            spread = pass_at_k_line(split, first.get(split, {}).get("overall", {}), table.get("overall", {}))
+            if spread:
+                lines.append(spread)
     if rows:
         first = [row["reward_mean"] for row in rows[:5]]
         last = [row["reward_mean"] for row in rows[-5:]]
@@ -236,6 +239,23 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
     lines.append(f"files: {run_dir}/metrics.jsonl, {run_dir}/checkpoint/"
                  + ("; continue with --resume " + str(run_dir) + " --steps N" if rows else ""))
     return "\n".join(lines)
+
+
+def pass_at_k_line(split: str, before: dict, after: dict) -> str | None:
+    """A problem set's overall pass@1 and pass@k at its largest k (the samples per problem), before -> after,
+    each with its 95% interval over problems (stepcoder.interval95: normal approximation); None for an
+    evaluation written before reports had pass@k. "-": the earlier report lacks that k."""
+    if "pass@k" not in after:
+        return None
+    def estimate(row: dict, k: str) -> str:
+        if k not in row.get("pass@k", {}):
+            return "-"
+        interval = row.get("ci95", {}).get(f"pass@{k}")
+        return f"{row['pass@k'][k]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    largest = max(after["pass@k"], key=int)
+    shown = ["1"] if largest == "1" else ["1", largest]
+    return (f"  {split:5s} " + ", ".join(f"pass@{k} {estimate(before, k)} -> {estimate(after, k)}" for k in shown)
+            + f" (95% intervals over {after['n']} problems, normal approximation)")
 
 
 def plain_generation(run_dir: Path) -> str | None:

@@ -637,7 +637,8 @@ def test_evaluation_does_not_change_the_training_run(tmp_path):
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], abs=1e-6), key
     assert not (run_b / "eval_step0.json").exists()
     report = json.loads((run_a / "eval_step2.json").read_text())["train"]["overall"]
-    assert set(report) == {"pass@1", "reward", "greedy", "n"} and report["n"] == 12
+    assert set(report) == {"pass@1", "reward", "greedy", "n", "pass@k", "ci95", "samples"} and report["n"] == 12
+    assert report["pass@k"]["1"] == pytest.approx(report["pass@1"]) and report["pass@k"]["2"] >= report["pass@1"]
     assert report["pass@1"] * 24 == pytest.approx(round(report["pass@1"] * 24))  # 2 samples x 12 problems
     # the mean Eq. 3 reward of the same 24 samples: a pass is +1, any failure between -1 and -0.3
     assert 2 * report["pass@1"] - 1 - 1e-9 <= report["reward"] <= 1.3 * report["pass@1"] - 0.3 + 1e-9
