@@ -299,11 +299,18 @@ def check_stage_prefixes(stage_prefixes):
 # =============================================================== 7. Curriculum.update (Algorithm 1)
 
 def make_curriculum(alpha: float, rho_t: float):
-    """Problem "p": E=4, so K=2 and it starts at stage 2; problem "q" is a bystander."""
+    """Problem "p": E=4, so K=2 and it starts at stage 2; problem "q" is a bystander. The constructor's
+    stage_prefixes is stood in for (three stages, prefixes unused), so that exercise 7 grades on its own,
+    before or without exercise 6."""
     curriculum = importlib.import_module("curriculum")
     code = chain(4)
     problems = [curriculum.Problem(pid, "q", code, None, ["1\n"], ["1\n"], "", "introductory") for pid in "pq"]
-    return curriculum.Curriculum(problems, alpha=alpha, rho_t=rho_t)
+    own = curriculum.stage_prefixes
+    curriculum.stage_prefixes = lambda code: ["<stage 2>", "<stage 1>", ""]
+    try:
+        return curriculum.Curriculum(problems, alpha=alpha, rho_t=rho_t)
+    finally:
+        curriculum.stage_prefixes = own
 
 
 def check_curriculum_update(update):

@@ -21,7 +21,11 @@ PLACEHOLDER_FOLDERS = ("runs/", "RUN/", "OUT/", "path/to/")
 
 
 def tracked(*patterns: str) -> list[Path]:
-    names = subprocess.run(["git", "ls-files", *patterns], cwd=ROOT, capture_output=True, text=True, check=True)
+    """The repository's files (git ls-files); in a copy without git history (a student handout), every file."""
+    names = subprocess.run(["git", "ls-files", *patterns], cwd=ROOT, capture_output=True, text=True)
+    if names.returncode != 0:
+        return [f for pattern in patterns or ("*",) for f in ROOT.rglob(pattern)
+                if f.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in f.parts)]
     return [ROOT / name for name in names.stdout.split() if (ROOT / name).exists()]
 
 
