@@ -1,5 +1,5 @@
 """The modules and documents of the repository mention only files it has, run commands on scripts it has,
-and cite no SPEC (the description of the method is docs/METHOD.md)."""
+and do not cite the first specification by its name (the description of the method is docs/METHOD.md)."""
 import io
 import re
 import subprocess
@@ -59,5 +59,6 @@ def test_every_mentioned_file_exists():
             where, line = f"{f.relative_to(ROOT)}:{n}", WRITTEN.sub("", line)
             wrong += [f"{where}: no file {m}" for m in MENTION.findall(line) if not exists(m, f, names)]
             wrong += [f"{where}: no script {m} at the root" for m in COMMAND.findall(line) if not (ROOT / m).exists()]
-            wrong += [f"{where}: SPEC (the description is docs/METHOD.md)"] if re.search(r"\bSPEC\b", line) else []
+            wrong += [f"{where}: names the first specification; the description is docs/METHOD.md"] \
+                if re.search(r"\bSPEC\b", line) else []
     assert not wrong, "mentions of what the repository does not have:\n" + "\n".join(wrong)
