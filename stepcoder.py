@@ -608,7 +608,8 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
     starts = [prompt_prefix(curriculum.program_prefix(p, "", tok)) for p in problems]  # HumanEval, base: its prompt
     prompts = [fit_prompt(tok, p, start, cfg.max_prompt_tokens)[0] for p, start in zip(problems, starts)]
     order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))  # similar lengths pad less
-    problems, starts = [problems[i] for i in order], [starts[i] for i in order]
+    problems = [problems[i] for i in order]
+    starts = [starts[i] for i in order]
     ids, attention_mask = tokenize_prompts(tok, [prompts[i] for i in order], agent.device)
     decodings = [("greedy", 0.0, 1)]
     if cfg.eval_temperature > 0:

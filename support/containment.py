@@ -328,7 +328,8 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
             os.setuid(uid)
             if _LIBC.capset(_CAPS[0], _CAPS[1 if keep_read else 2]) != 0:  # effective, permitted, inheritable
                 raise OSError(ctypes.get_errno(), "capset")
-            keep_read and _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
+            if keep_read:
+                _prctl(47, 2, 2)  # PR_CAP_AMBIENT_RAISE CAP_DAC_READ_SEARCH
             _prctl(4, 1)  # PR_SET_DUMPABLE: /proc/self stays ours after the uid change
         if keep_read:
             _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS, then landlock_restrict_self
