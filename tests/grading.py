@@ -4,7 +4,7 @@
 
 tests/test_assignments.py runs each check on the project's own function (what a student grades);
 tests/test_grading.py proves that each check fails for the usual wrong answers (the answer key).
-Pure functions only: no model, no weights, no sandbox process.
+Pure functions and closed-form stand-ins (a fake language model and tokenizer): no weights, no sandbox process.
 """
 import importlib
 import math
@@ -377,7 +377,165 @@ def check_outputs_match(outputs_match):
     assert not wrong, f"outputs_match is wrong on (stdout, expected): {wrong}"
 
 
+# ======================================================= 9. logprobs_and_values (one position)
+
+class FakeLM(torch.nn.Module):
+    """A causal LM whose outputs at position t are known in closed form from the token at t and its
+    position id p (nothing else): logits[v] = s * sin(1.3 token + 0.7 p + v), and the last layer's hidden
+    state [h] = cos(0.9 token + 0.4 p + h). As in transformers, position ids default to 0..T-1,
+    logits_to_keep=k > 0 keeps the last k positions, and hidden states come only when asked for
+    (hidden_states[0] is the embedding layer's, all zeros here). s = 1 is a parameter: the log-probs
+    must carry its gradient."""
+    V, H = 5, 3
+
+    def __init__(self):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
+                logits_to_keep=0, **kwargs):
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(T).expand(B, T)
+        x = input_ids.float()[..., None]                                             # (B, T, 1)
+        p = position_ids.float()[..., None]                                          # (B, T, 1)
+        logits = self.s * torch.sin(1.3 * x + 0.7 * p + torch.arange(self.V).float())  # (B, T, V)
+        hidden = torch.cos(0.9 * x + 0.4 * p + torch.arange(self.H).float())       # (B, T, H)
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        states = (torch.zeros_like(hidden), hidden) if output_hidden_states else None
+        return type("Output", (), {"logits": logits, "hidden_states": states})()
+
+
+def fake_value_head() -> torch.nn.Linear:
+    head = torch.nn.Linear(FakeLM.H, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
+        head.bias.fill_(0.1)
+    return head
+
+
+def check_logprobs_and_values(logprobs_and_values):
+    # Row 0: two pad columns, prompt (3, 1), actions (2, 4), then a padded column. Row 1: prompt (2, 1, 3, 4),
+    # actions (4, 2, 3). G = 3 generated columns; sampling temperature 0.7.
+    ids = torch.tensor([[0, 0, 3, 1, 2, 4, 0], [2, 1, 3, 4, 4, 2, 3]])
+    attention_mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    G, temperature = 3, 0.7
+    policy, value_head = FakeLM(), fake_value_head()
+    inputs = (ids.clone(), attention_mask.clone())
+    out = logprobs_and_values(policy, value_head, ids, attention_mask, G, temperature)
+    assert len(out) == 3, "with a value head: (logprobs, entropy, values)"
+    logprobs, entropy, values = out
+    for x, what in ((logprobs, "logprobs"), (entropy, "entropy"), (values, "values")):
+        assert tuple(x.shape) == (2, G), f"{what} must be (B, G) = (2, {G}), got {tuple(x.shape)}"
+    # By hand: action j of row b is the token at column T-G+j; the state before it is column T-G+j-1,
+    # whose position id counts the row's real tokens before it (left padding is not a position).
+    positions = [[0, 0, 0, 1, 2, 3, 3], [0, 1, 2, 3, 4, 5, 6]]
+    T = ids.shape[1]
+    want_logprobs, want_entropy, want_values = torch.zeros(2, G), torch.zeros(2, G), torch.zeros(2, G)
+    for b in range(2):
+        for j in range(G):
+            before = T - G + j - 1
+            token, p = float(ids[b, before]), float(positions[b][before])
+            logits = torch.tensor([math.sin(1.3 * token + 0.7 * p + v) for v in range(FakeLM.V)]) / temperature
+            logp = torch.log_softmax(logits, -1)
+            want_logprobs[b, j] = logp[ids[b, before + 1]]
+            want_entropy[b, j] = -(logp.exp() * logp).sum()
+            want_values[b, j] = sum(w * math.cos(0.9 * token + 0.4 * p + h) for h, w in enumerate([0.5, -1.0, 2.0])) + 0.1
+    actions = attention_mask[:, -G:].bool()  # the padded column's outputs are never used: not graded
+    close(logprobs[actions], want_logprobs[actions],
+          "log-probs (the logits that predict action t are those of the position before it, divided by the "
+          "temperature; left padding must not shift the positions)", atol=1e-5)
+    close(entropy[actions], want_entropy[actions], "entropy of the distribution each action was drawn from",
+          atol=1e-5)
+    close(values[actions], want_values[actions],
+          "values: V(s_t) is read from the last hidden state of the position before action t", atol=1e-5)
+    assert logprobs.requires_grad, "the log-probs must carry the policy's gradient (the update needs it)"
+    logprobs.sum().backward()
+    assert policy.s.grad is not None and policy.s.grad != 0, "the log-probs must carry the policy's gradient"
+    assert values.requires_grad, "the values must carry the value head's gradient"
+    values.sum().backward()
+    assert value_head.weight.grad is not None, "the values must carry the value head's gradient"
+    assert torch.equal(ids, inputs[0]) and torch.equal(attention_mask, inputs[1]), "inputs must not be modified"
+    # The reference pass: no value head, so no values.
+    out = logprobs_and_values(FakeLM(), None, ids, attention_mask, G, temperature)
+    assert len(out) == 2, "without a value head: (logprobs, entropy) only"
+    close(out[0][actions], want_logprobs[actions], "log-probs without a value head", atol=1e-5)
+
+
+# ======================================================================= 10. whiten (a mask)
+
+def check_whiten(whiten):
+    # The tokens in the mask are 1, 2, 3 (row 0) and 4 (row 1): mean 2.5, variance
+    # (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25, std 1.1180. The 9s are padding.
+    x = t([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    mask = t([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    inputs = (x.clone(), mask.clone())
+    out = whiten(x, mask)
+    std = math.sqrt(1.25)
+    close(out[mask.bool()], [-1.5 / std, -0.5 / std, 0.5 / std, 1.5 / std],
+          "whitened tokens: (x - mean) / std with the mean and variance over the tokens in the mask only, "
+          "all rows together (the padding's 9s must not count)", atol=1e-5)
+    close(out[~mask.bool()], [0.0] * 4, "padding must be 0 after whitening")
+    assert torch.equal(x, inputs[0]) and torch.equal(mask, inputs[1]), "whiten must not modify its inputs"
+    # Equal values in the mask: the variance is 0, and the result must be 0, not nan or inf.
+    out = whiten(t([[5.0, 5.0, 7.0], [5.0, 9.0, 9.0]]), t([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    close(out, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], "equal values: all 0 (add a small epsilon to the variance)")
+    # A second example: mask 0 on a whole row. Tokens 2, 4, 6, 8: mean 5, variance 5.
+    out = whiten(t([[2.0, 4.0, 6.0, 8.0], [1.0, 1.0, 1.0, 1.0]]), t([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
+    close(out, [[-3 / math.sqrt(5), -1 / math.sqrt(5), 1 / math.sqrt(5), 3 / math.sqrt(5)], [0.0] * 4],
+          "a row without tokens takes no part and stays 0", atol=1e-5)
+
+
+# ============================================== 11. response_length and program_text (the end)
+
+class FakeTokenizer:
+    """Token id -> text. 99 is EOS (its text goes when special tokens are skipped). A chat model's tokenizer
+    has a chat template; a base model's has none. BPE merges characters freely, so the closing fence may
+    come as "```", as "\\n```", or split as "\\n``" + "`"."""
+    eos_token_id = 99
+    PIECES = {0: "a", 1: "\n", 2: "```", 3: "\n```", 4: "b", 5: "print(1)", 6: "\n``", 7: "`", 8: "\nprint(2)",
+              9: "s = '```'", 99: "<|EOT|>"}
+
+    def __init__(self, chat: bool):
+        self.chat_template = "{{ messages }}" if chat else None
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("" if i == self.eos_token_id and skip_special_tokens else self.PIECES[i] for i in ids)
+
+
+# (chat model?, response ids, number of actions, the scored program)
+END_CASES = [
+    (True, [0, 1, 2, 4, 4], 2, "a\n"),               # "a", "\n", then the fence: 2 actions
+    (True, [0, 3, 4], 2, "a\n"),                     # the token "\n```" holds the program's last "\n": an action
+    (True, [5, 6, 7, 8, 99], 2, "print(1)\n"),       # the fence split "\n``" + "`": the actions end with "\n``"
+    (True, [2, 0], 1, ""),                           # an empty program: the reward lands on the fence token
+    (True, [0, 0, 99, 0], 3, "aa"),                  # no fence: up to and including EOS
+    (True, [0, 99, 2, 4], 2, "a"),                   # nothing after EOS counts, not even a fence
+    (True, [0, 4], 2, "ab"),                         # neither fence nor EOS: all of it
+    (False, [0, 2, 4, 99, 0], 4, "a```b"),           # a base model: EOS alone ends it ...
+    (False, [9, 1, 0, 99, 4], 4, "s = '```'\na"),    # ... and a fence is text like any other
+    (False, [99], 1, ""),
+]
+
+
+def check_response_length(response_length):
+    wrong = [(chat, ids, response_length(FakeTokenizer(chat), list(ids)), n)
+             for chat, ids, n, _ in END_CASES if response_length(FakeTokenizer(chat), list(ids)) != n]
+    assert not wrong, ("response_length is wrong on (chat model?, response ids, got, want); pieces "
+                       f"{FakeTokenizer.PIECES}: {wrong}")
+
+
+def check_program_text(program_text):
+    wrong = [(chat, ids, program_text(FakeTokenizer(chat), list(ids)), program)
+             for chat, ids, _, program in END_CASES if program_text(FakeTokenizer(chat), list(ids)) != program]
+    assert not wrong, ("program_text is wrong on (chat model?, response ids, got, want); pieces "
+                       f"{FakeTokenizer.PIECES}: {wrong}")
+
+
 CHECKS = {"compute_gae": check_compute_gae, "policy_loss": check_policy_loss, "value_loss": check_value_loss,
           "fgo_mask": check_fgo_mask, "kl_penalized_rewards": check_kl_penalized_rewards,
           "split_points": check_split_points, "stage_prefixes": check_stage_prefixes,
-          "curriculum_update": check_curriculum_update, "outputs_match": check_outputs_match}
+          "curriculum_update": check_curriculum_update, "outputs_match": check_outputs_match,
+          "logprobs_and_values": check_logprobs_and_values, "whiten": check_whiten,
+          "response_length": check_response_length, "program_text": check_program_text}

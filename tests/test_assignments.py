@@ -8,8 +8,9 @@ The wrong answers that prove each check can fail are in tests/test_grading.py: t
 grade first.
 """
 from grading import (check_compute_gae, check_curriculum_update, check_fgo_mask, check_kl_penalized_rewards,
-                     check_outputs_match, check_policy_loss, check_split_points, check_stage_prefixes,
-                     check_value_loss, real)
+                     check_logprobs_and_values, check_outputs_match, check_policy_loss, check_program_text,
+                     check_response_length, check_split_points, check_stage_prefixes, check_value_loss,
+                     check_whiten, real)
 
 
 def test_grade_compute_gae():
@@ -46,3 +47,19 @@ def test_grade_curriculum_update():
 
 def test_grade_outputs_match():
     check_outputs_match(real("sandbox", "outputs_match"))
+
+
+def test_grade_logprobs_and_values():
+    check_logprobs_and_values(real("stepcoder", "logprobs_and_values"))
+
+
+def test_grade_whiten():
+    check_whiten(real("stepcoder", "whiten"))
+
+
+def test_grade_response_length():
+    check_response_length(real("stepcoder", "response_length"))
+
+
+def test_grade_program_text():
+    check_program_text(real("stepcoder", "program_text"))

@@ -217,6 +217,79 @@ def outputs_match_variant(bug):
     return outputs_match
 
 
+def logprobs_and_values_variant(bug):
+    def logprobs_and_values(policy, value_head, input_ids, attention_mask, n_gen, temperature):
+        position_ids = None if bug == "positions_ignore_padding" else (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     output_hidden_states=value_head is not None, use_cache=False)
+        logits = out.logits[:, -n_gen:] if bug == "logits_at_the_token" else out.logits[:, -n_gen - 1:-1]
+        tokens = input_ids[:, -n_gen - 1:-1] if bug == "tokens_one_early" else input_ids[:, -n_gen:]
+        logp_all = torch.log_softmax(logits.float() / (1.0 if bug == "no_temperature" else temperature), -1)
+        logprobs = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        if bug == "detached":
+            logprobs = logprobs.detach()
+        if value_head is None:
+            return logprobs, entropy
+        hidden = out.hidden_states[-1]
+        hidden = hidden[:, -n_gen:] if bug == "value_at_the_token" else hidden[:, -n_gen - 1:-1]
+        return logprobs, entropy, value_head(hidden.float()).squeeze(-1)
+    return logprobs_and_values
+
+
+def whiten_variant(bug):
+    def whiten(x, mask):
+        if bug == "per_row":
+            n = mask.sum(1, keepdim=True).clamp(min=1)
+            mean = (x * mask).sum(1, keepdim=True) / n
+            var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
+            return (x - mean) / torch.sqrt(var + 1e-8) * mask
+        weights = torch.ones_like(mask) if bug == "over_padding" else mask
+        count = torch.tensor(float(mask.numel())) if bug == "mean_over_all_entries" else weights.sum().clamp(min=1)
+        mean = (x * weights).sum() / count
+        var = ((x - mean) ** 2 * weights).sum() / count
+        scale = 1.0 / var if bug == "divide_by_variance" else 1.0 / torch.sqrt(var if bug == "no_epsilon" else var + 1e-8)
+        out = (x - mean) * scale
+        return out if bug == "padding_not_zeroed" else out * mask
+    return whiten
+
+
+FENCE = "```"
+
+
+def response_length_variant(bug):
+    def response_length(tok, ids):
+        eos = tok.eos_token_id
+        n = ids.index(eos) + (0 if bug == "eos_not_an_action" else 1) if eos in ids else len(ids)
+        if not tok.chat_template or bug == "chat_like_base":
+            return n
+        if bug == "fence_as_one_token":  # looks for a token that holds the whole fence
+            return next((i for i, token in enumerate(ids[:n]) if FENCE in tok.decode([token])), n)
+        pieces = [tok.decode([i], skip_special_tokens=True) for i in (ids if bug == "fence_after_eos" else ids[:n])]
+        ends = [sum(len(p) for p in pieces[:k + 1]) for k in range(len(pieces))]
+        fence = "".join(pieces).find(FENCE)
+        if fence < 0:
+            return n
+        if bug == "fence_token_is_an_action":
+            return next(i for i, end in enumerate(ends) if end > fence) + 1
+        return next(i for i, end in enumerate(ends) if end >= fence) + 1
+    return response_length
+
+
+def program_text_variant(bug):
+    def program_text(tok, ids):
+        if tok.eos_token_id in ids and bug != "text_after_eos":
+            ids = ids[:ids.index(tok.eos_token_id)]
+        if bug == "actions_only":  # the actions' text: the token holding the program's end may hold backticks
+            ids = ids[:response_length_variant(None)(tok, ids)]
+        if bug == "fence_as_one_token" and tok.chat_template:
+            ids = ids[:next((i for i, token in enumerate(ids) if tok.decode([token]) == FENCE), len(ids))]
+            return tok.decode(ids, skip_special_tokens=True)
+        text = tok.decode(ids, skip_special_tokens=True)
+        return text.split(FENCE)[0] if tok.chat_template or bug == "fence_in_base_model" else text
+    return program_text
+
+
 WRONG = [("compute_gae", bug, gae_variant(bug)) for bug in
          ("bootstrap_from_values_t", "padding_leaks", "gamma_lam_swapped", "no_lambda", "returns_without_values")]
 WRONG += [("compute_gae", "forward_in_time", gae_forward_time)]
@@ -239,6 +312,17 @@ WRONG += [("curriculum_update", bug, update_variant(bug)) for bug in
 WRONG += [("outputs_match", bug, outputs_match_variant(bug)) for bug in
           ("exact_string", "strip_only", "lowercase", "sorted", "set", "zip_without_length", "loose_tolerance",
            "tokens_only", "float_everything", "integer_tolerance")]
+WRONG += [("logprobs_and_values", bug, logprobs_and_values_variant(bug)) for bug in
+          ("logits_at_the_token", "tokens_one_early", "value_at_the_token", "positions_ignore_padding",
+           "no_temperature", "detached")]
+WRONG += [("whiten", bug, whiten_variant(bug)) for bug in
+          ("over_padding", "padding_not_zeroed", "no_epsilon", "per_row", "mean_over_all_entries",
+           "divide_by_variance")]
+WRONG += [("response_length", bug, response_length_variant(bug)) for bug in
+          ("eos_not_an_action", "chat_like_base", "fence_token_is_an_action", "fence_as_one_token",
+           "fence_after_eos")]
+WRONG += [("program_text", bug, program_text_variant(bug)) for bug in
+          ("actions_only", "text_after_eos", "fence_as_one_token", "fence_in_base_model")]
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -256,7 +340,9 @@ def test_meta_wrong_answer_fails(name, bug, fn):
 VARIANTS = {"compute_gae": gae_variant, "policy_loss": policy_loss_variant, "value_loss": value_loss_variant,
             "fgo_mask": fgo_variant, "kl_penalized_rewards": kl_variant, "split_points": split_points_variant,
             "stage_prefixes": stage_prefixes_variant, "curriculum_update": update_variant,
-            "outputs_match": outputs_match_variant}
+            "outputs_match": outputs_match_variant, "logprobs_and_values": logprobs_and_values_variant,
+            "whiten": whiten_variant, "response_length": response_length_variant,
+            "program_text": program_text_variant}
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

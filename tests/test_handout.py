@@ -21,10 +21,14 @@ GRADERS = {"compute_gae": "exercise 1: compute_gae", "policy_loss": "exercise 2:
            "value_loss": "exercise 3: value_loss", "fgo_mask": "exercise 4: fgo_mask",
            "kl_penalized_rewards": "exercise 5: kl_penalized_rewards", "split_points": "exercise 6: split_points",
            "stage_prefixes": "exercise 6: stage_prefixes", "curriculum_update": "exercise 7: Curriculum.update",
-           "outputs_match": "exercise 8: outputs_match"}
+           "outputs_match": "exercise 8: outputs_match", "logprobs_and_values": "exercise 9: logprobs_and_values",
+           "whiten": "exercise 10: whiten", "response_length": "exercise 11: response_length",
+           "program_text": "exercise 11: program_text"}
 FILES = {"compute_gae": "stepcoder.py", "policy_loss": "stepcoder.py", "value_loss": "stepcoder.py",
          "fgo_mask": "stepcoder.py", "kl_penalized_rewards": "stepcoder.py", "split_points": "curriculum.py",
-         "stage_prefixes": "curriculum.py", "Curriculum.update": "curriculum.py", "outputs_match": "sandbox.py"}
+         "stage_prefixes": "curriculum.py", "Curriculum.update": "curriculum.py", "outputs_match": "sandbox.py",
+         "logprobs_and_values": "stepcoder.py", "whiten": "stepcoder.py", "response_length": "stepcoder.py",
+         "program_text": "stepcoder.py"}
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +65,11 @@ def reference_lines(name: str) -> list[str]:
 def test_the_handout_has_no_answer_key_and_no_history(made):
     files = {str(p.relative_to(made)) for p in made.rglob("*") if p.is_file()}
     assert not (made / ".git").exists(), "the handout must not carry the git history"
-    assert "tests/test_grading.py" not in files and "tests/test_handout.py" not in files
+    assert not files & {"tests/test_grading.py", "tests/test_handout.py", "bench/exercise_signals.py"}
     tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.split())
-    want = {name for name in tracked if (ROOT / name).is_file()} - {"tests/test_grading.py", "tests/test_handout.py"}
+    want = {name for name in tracked if (ROOT / name).is_file()} - {"tests/test_grading.py", "tests/test_handout.py",
+                                                                     "bench/exercise_signals.py"}
     assert files == want, f"missing {sorted(want - files)}, extra {sorted(files - want)}"
 
 
@@ -117,3 +122,21 @@ def test_the_tiny_run_stops_with_the_exercises_message(made, tmp_path):
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("stepcoder: exercise ") and "see docs/ASSIGNMENTS.md" in last, last
+
+
+def test_a_class_is_graded_with_the_teachers_graders(made, tmp_path, capsys):
+    fresh = shutil.copytree(made, tmp_path / "fresh")
+    done = shutil.copytree(made, tmp_path / "done")
+    handout.paste_bodies(ROOT, done)
+    cheat = shutil.copytree(done, tmp_path / "cheat")  # whitens over the padding, and edited its grader to pass
+    code = (cheat / "stepcoder.py").read_text()
+    (cheat / "stepcoder.py").write_text(code.replace("var = masked_mean((x - mean) ** 2, mask)", "var = ((x - mean) ** 2).mean()"))
+    grader = (cheat / "tests" / "grading.py").read_text()
+    (cheat / "tests" / "grading.py").write_text(grader.replace("def check_whiten(whiten):\n", "def check_whiten(whiten):\n    return\n"))
+    assert handout.main(["--grade", str(fresh), str(done), str(cheat)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{fresh}: 0 of 11 exercises pass (failing: 1 compute_gae, 2 policy_loss"), lines[0]
+    assert lines[1] == f"{done}: 11 of 11 exercises pass"
+    assert lines[2] == f"{cheat}: 10 of 11 exercises pass (failing: 10 whiten)"
+    assert lines[3] == "graded 3 copies: 1 with every exercise passing"
+    assert handout.main(["--grade", str(tmp_path / "nobody")]) == 2

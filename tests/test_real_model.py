@@ -228,6 +228,53 @@ def test_log_probs_are_of_the_token_that_was_generated_at_each_position(tmp_path
     assert torch.allclose(logprobs[0], torch.stack(by_hand), atol=1e-5)
 
 
+def test_the_value_of_a_token_is_read_before_it(tmp_path):
+    # V(s_t) is the value of the state *before* token t: it must not change when token t changes, while the
+    # value after it (column t+1) must. Read at the token itself, column t would see the token it scores.
+    problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, policy, value_head = tiny_policy(problems)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        value_head.weight.normal_(0, 1.0)  # the adapter's value head starts at zero: any reading gives 0
+    ids = tok([curriculum.build_prompt(problems[0]) + problems[0].canonical_solution], return_tensors="pt")["input_ids"]
+    G, j = 12, 5
+    changed = ids.clone()
+    changed[0, ids.shape[1] - G + j] = (ids[0, ids.shape[1] - G + j] + 1) % len(tok)  # generated token j changes
+    with torch.no_grad():
+        logprobs, _, values = stepcoder.logprobs_and_values(policy, value_head, ids, torch.ones_like(ids), G, 0.7)
+        logprobs2, _, values2 = stepcoder.logprobs_and_values(policy, value_head, changed, torch.ones_like(ids), G, 0.7)
+    assert torch.allclose(values[0, :j + 1], values2[0, :j + 1], atol=1e-6), "V(s_t) must not see token t"
+    assert (values[0, j + 1] - values2[0, j + 1]).abs() > 1e-4, "the value after token t must see it"
+    assert torch.allclose(logprobs[0, :j], logprobs2[0, :j], atol=1e-6)
+    assert (logprobs[0, j] - logprobs2[0, j]).abs() > 1e-4, "log p(token t) is of the token that is there"
+
+
+def test_advantages_are_whitened_over_the_actions_only(tmp_path):
+    # compute_advantages whitens over b_mask: over the actions the advantages have mean 0 and std 1, and
+    # the padding after each response is 0. Whitened over the padding too, the actions' mean is not 0.
+    problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
+    tok, policy, value_head = tiny_policy(problems)
+    with torch.no_grad():
+        value_head.weight.normal_(0, 0.1)
+    enc = tok([curriculum.build_prompt(p) + p.canonical_solution for p in problems[:4]], return_tensors="pt",
+              padding=True, padding_side="left")
+    G = 16
+    lengths = torch.tensor([3, 16, 9, 1])  # the actions of each row; the rest of its G columns is padding
+    b_mask = (torch.arange(G)[None] < lengths[:, None]).float()                      # (N, G)
+    attention_mask = torch.cat([enc["attention_mask"][:, :-G], b_mask.long()], 1)
+    rollouts = stepcoder.Rollouts(problems=problems[:4], stages=[0] * 4, prefixes=[""] * 4, prompts_shortened=0,
+                                  ids=enc["input_ids"], n_gen=G, attention_mask=attention_mask, lengths=lengths,
+                                  texts=[], token_ends=[], programs=[], seconds=0.0)
+    results = [sandbox.ExecResult(status=s, passed=0, total=1, reward=sandbox.REWARDS[s])
+               for s in ("pass", "wrong_answer", "pass", "runtime_error")]
+    cfg = stepcoder.Config(model="tiny", temperature=1.0, gamma=1.0, lam=0.95, kl_coef=0.05)
+    b = stepcoder.compute_advantages(policy, value_head, rollouts, results, b_mask, torch.arange(4).split(2), cfg)
+    actions = b["advantages"][b_mask.bool()]
+    assert abs(actions.mean().item()) < 1e-5, "advantages over the actions must have mean 0"
+    assert abs(actions.std(unbiased=False).item() - 1) < 1e-4, "advantages over the actions must have std 1"
+    assert torch.equal(b["advantages"][~b_mask.bool()], torch.zeros(int((1 - b_mask).sum()))), "padding must be 0"
+
+
 def test_reference_log_probs_have_the_adapter_off(tmp_path):
     problems = curriculum.load_problems(write_problems(tmp_path / "p.json"))
     tok, policy, value_head = tiny_policy(problems)
