@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base", type=Path, default=None, help="a warm-started tiny base (RUN/base)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "exercise-signals")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        print("exercise_signals: error: --steps must be at least 1", file=sys.stderr)
+        return 2
     base = args.base
     if base is None:
         base = args.out / "warm" / "base"
