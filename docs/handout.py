@@ -7,8 +7,9 @@ exercise function is `raise NotImplementedError("exercise N: <name> — see docs
 (signature and docstring kept, every other line as it is). Left out: the answer key
 (tests/test_grading.py: the wrong answers, one bug away from the solution), this tool's test (it
 reads the reference bodies), bench/exercise_signals.py (it runs the wrong answers) and the git
-history. The graders run there as in the repository: `python3 -m pytest -q tests/test_assignments.py`. Before it finishes, the tool checks that no
-non-trivial line of a reference body is left anywhere in OUT (a document quoting one would give it away).
+history. The graders run there as in the repository: `python3 -m pytest -q tests/test_assignments.py`.
+Before it finishes, the tool checks that no non-trivial line of a reference body is left anywhere in
+OUT (a document quoting one would give it away).
 
     python3 docs/handout.py --grade COPY [COPY ...]
 
