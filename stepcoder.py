@@ -320,7 +320,7 @@ def forward_rows(policy, value_head, ids, attention_mask, n_gen: int, cfg: Confi
 @torch.no_grad()
 def logprobs_before_update(policy, value_head, b_ids, b_attention_mask, n_gen: int, minibatches: list,
                            cfg: Config):
-    """log pi_old and V of the rollouts, and log pi_ref: the same model with the adapter disabled.
+    """log pi_old and V of the rollouts (no value head: V = 0), and log pi_ref: the same model with the adapter disabled.
     Computed over the very minibatches the update will use (departure 'minibatches fixed per step').
     -> logprobs, ref_logprobs, entropy, values, each (N, G)"""
     policy.eval()
@@ -330,7 +330,9 @@ def logprobs_before_update(policy, value_head, b_ids, b_attention_mask, n_gen: i
     for mb in minibatches:
         mb_ids, mb_attention_mask = b_ids[mb], b_attention_mask[mb]
         outputs = forward_rows(policy, value_head, mb_ids, mb_attention_mask, n_gen, cfg)
-        b_logprobs[mb], b_entropy[mb], b_values[mb] = outputs
+        b_logprobs[mb], b_entropy[mb] = outputs[:2]
+        if value_head is not None:  # GRPO passes none: its values stay 0
+            b_values[mb] = outputs[2]
         with policy.disable_adapter():
             b_ref_logprobs[mb] = forward_rows(policy, None, mb_ids, mb_attention_mask, n_gen, cfg)[0]
     return b_logprobs, b_ref_logprobs, b_entropy, b_values
@@ -375,13 +377,33 @@ def whiten(x, mask):
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
+def group_advantages(scores, group_size: int, mask, eps: float = 1e-4):
+    """GRPO (Shao et al. 2024, Sec. 4.1.2, outcome supervision): the rows of one problem are `group_size`
+    consecutive rows, a group; a rollout's advantage is (its reward - the group's mean) / (the group's
+    std + eps), on each of its action tokens. Mean and std are over the group only (std with Bessel's
+    n - 1, as TRL's GRPOTrainer); a group whose rewards are all equal gets 0. scores (N,), mask (N, G)."""
+    groups = scores.view(-1, group_size)                                             # (N/g, g)
+    mean = groups.mean(1, keepdim=True)                                              # (N/g, 1)
+    std = groups.std(1, keepdim=True)                                                # (N/g, 1)
+    advantages = ((groups - mean) / (std + eps)).view(-1)                            # (N,)
+    return advantages[:, None] * mask                                                # (N, G)
+
+
 def compute_advantages(policy, value_head, rollouts: Rollouts, results: list, b_mask, minibatches: list,
                        cfg: Config) -> dict:
-    """Steps 5-6: log-probs and values before the update, rewards with the KL penalty (Eq. 4), GAE
-    (Eq. 2), and advantages whitened over this rank's generated tokens. -> the b_ tensors, (N, G) each"""
-    b_logprobs, b_ref_logprobs, b_entropy, b_values = logprobs_before_update(
-        policy, value_head, rollouts.ids, rollouts.attention_mask, rollouts.n_gen, minibatches, cfg)
+    """Steps 5-6: log-probs (and PPO's values) before the update, then the advantages. PPO: rewards with the
+    KL penalty (Eq. 4), GAE (Eq. 2), advantages whitened over this rank's generated tokens. GRPO: no value
+    head forward, no KL in the reward (it is a loss term: ppo_update), group advantages. -> the b_ tensors"""
+    grpo = cfg.algo == "grpo"
+    b_logprobs, b_ref_logprobs, b_entropy, b_values = logprobs_before_update(        # (N, G) each
+        policy, None if grpo else value_head, rollouts.ids, rollouts.attention_mask, rollouts.n_gen,
+        minibatches, cfg)
     b_scores = torch.tensor([result.reward for result in results], device=b_mask.device)  # (N,)
+    if grpo:
+        b_advantages = group_advantages(b_scores, cfg.samples_per_problem, b_mask)   # (N, G)
+        return {"logprobs": b_logprobs, "ref_logprobs": b_ref_logprobs, "values": b_values,
+                "advantages": b_advantages, "returns": b_values, "scores": b_scores,
+                "kl": (b_logprobs - b_ref_logprobs) * b_mask, "entropy": b_entropy}
     b_rewards, b_kl = kl_penalized_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, cfg.kl_coef)
     b_values = b_values * b_mask
     b_advantages, b_returns = compute_gae(b_rewards, b_values, b_mask, cfg.gamma, cfg.lam)
@@ -404,6 +426,13 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef: float):
     return pg_loss, ratio, approx_kl, clipfrac
 
 
+def k3_kl(logprobs, ref_logprobs, mask):
+    """GRPO's KL term (Shao et al. 2024, Eq. 4): KL(pi || pi_ref) estimated per token by Schulman's k3,
+    exp(ref - logp) - (ref - logp) - 1 (unbiased, never negative), averaged over the tokens in `mask`."""
+    log_ratio = ref_logprobs - logprobs                                              # (B, G)
+    return masked_mean(log_ratio.exp() - log_ratio - 1, mask)
+
+
 def value_loss(values, old_values, returns, mask, vf_clip: float):
     """Clipped value loss (PPO practice, as in the paper's PPO setup) over generated tokens."""
     v_clipped = old_values + (values - old_values).clamp(-vf_clip, vf_clip)
@@ -416,19 +445,27 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
     gradient norm, of the adapter and the value head together, clipped to cfg.max_grad_norm.
     -> the mean of each statistic, and the number of minibatches skipped for a non-finite loss"""
     policy.train()
-    stats = {"pg_loss": [], "vf_loss": [], "approx_kl": [], "clipfrac": []}
+    grpo = cfg.algo == "grpo"
+    stats = {"pg_loss": [], "vf_loss": [], "kl_loss": [], "approx_kl": [], "clipfrac": []}
     skipped = 0
     for _ in tqdm(range(cfg.ppo_epochs), desc="update", leave=False, disable=not distributed.is_main()):
         for k in torch.randperm(len(minibatches)).tolist():
             mb = minibatches[k]
-            new_logprobs, _, new_values = forward_rows(                              # (B, G) each
-                policy, value_head, batch["ids"][mb], batch["attn"][mb], batch["n_gen"], cfg)
+            outputs = forward_rows(policy, None if grpo else value_head, batch["ids"][mb], batch["attn"][mb],
+                                   batch["n_gen"], cfg)                              # (B, G) each
+            new_logprobs = outputs[0]
             pg_loss, _, approx_kl, clipfrac = policy_loss(                           # Eq. 1, FGO's tokens
                 new_logprobs, batch["logprobs"][mb], batch["advantages"][mb], batch["fgo"][mb],
                 cfg.clip_coef)
-            vf_loss = value_loss(new_values, batch["values"][mb], batch["returns"][mb],  # PPO practice,
-                                 batch["mask"][mb], cfg.vf_clip)                         # not in the paper
-            loss = pg_loss + cfg.vf_coef * vf_loss
+            if grpo:  # GRPO (Shao et al. 2024, Eq. 3): the KL to the reference as a loss term, every action
+                kl_loss = k3_kl(new_logprobs, batch["ref_logprobs"][mb], batch["mask"][mb])
+                vf_loss = torch.zeros(())
+                loss = pg_loss + cfg.kl_coef * kl_loss
+            else:
+                kl_loss = torch.zeros(())
+                vf_loss = value_loss(outputs[2], batch["values"][mb], batch["returns"][mb],  # PPO practice,
+                                     batch["mask"][mb], cfg.vf_clip)                         # not in the paper
+                loss = pg_loss + cfg.vf_coef * vf_loss
             if not distributed.agree(bool(torch.isfinite(loss))):  # every rank skips, or none does
                 skipped += 1
                 continue
@@ -437,8 +474,8 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
             distributed.all_reduce_grads(params)  # several ranks: the mean gradient, the same step on all
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
-            for name, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("approx_kl", approx_kl),
-                                ("clipfrac", clipfrac)):
+            for name, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("kl_loss", kl_loss),
+                                ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
                 stats[name].append(value.item())
     means = {name: sum(values) / max(len(values), 1) for name, values in stats.items()}
     return {**means, "skipped": skipped}
@@ -471,6 +508,7 @@ def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: di
         "clipfrac": mean_over_ranks["clipfrac"],
         "entropy": masked_mean(every["entropy"], every["mask"]).item(),
         "pg_loss": mean_over_ranks["pg_loss"], "vf_loss": mean_over_ranks["vf_loss"],
+        "kl_loss": mean_over_ranks["kl_loss"],
         "explained_var": explained_var,
         "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
         "stage0_share": sum(stage == 0 for _, _, _, stage in scored) / len(scored),
@@ -503,13 +541,14 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
         b_mask, b_fgo = action_masks(rollouts, results, agent.tok, cfg.fgo)
         if distributed.is_main():
             show_rollouts(rollouts, results, b_fgo, cfg.show_rollouts)
-        # 5-6. Log-probs, values, KL-penalised rewards and advantages, over the update's minibatches.
+        # 5-6. Log-probs over the update's minibatches, then the advantages: PPO's (values, KL-penalised rewards,
+        #      GAE) or, with --algo grpo, GRPO's (each problem's samples a group; no values).
         started = time.time()
         minibatches = torch.randperm(len(batch), device=agent.device).split(cfg.minibatch_size)
         b = compute_advantages(agent.policy, agent.value_head, rollouts, results, b_mask, minibatches, cfg)
         b.update(ids=rollouts.ids, attn=rollouts.attention_mask, n_gen=rollouts.n_gen, mask=b_mask,
                  fgo=b_fgo)
-        # 7. PPO update: a few epochs over the minibatches.
+        # 7. PPO update: a few epochs over the minibatches (GRPO: the KL a loss term, no value loss).
         stats = ppo_update(agent.policy, agent.value_head, optimizer, params, b, minibatches, cfg)
         seconds["t_update"] = time.time() - started
         # 8. Log and checkpoint.

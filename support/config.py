@@ -63,7 +63,8 @@ class Config:
     eval_top_p: float = field(default=0.95, metadata={"help": "evaluation nucleus sampling"})
     eval_test_sampled: bool = field(default=False, metadata={"help": "also sample the --test-data problems as the training ones (--eval-samples each at --eval-temperature): a finer held-out pass@1 than one greedy decode per problem (default: greedy only)"})
     timeout: float = field(default=4.0, metadata={"help": "seconds per unit test in the sandbox"})
-    # --- PPO -----------------------------------------------------------------------------
+    # --- PPO (and GRPO beside it) ------------------------------------------------------------
+    algo: str = field(default="ppo", metadata={"help": "ppo (the paper's: a value head, KL in the reward, GAE) | grpo (Shao et al. 2024: each problem's samples are a group, the advantage is the reward against the group's mean and std, the KL to the reference a loss term; no value head forward). CCCS and FGO work with both (docs/METHOD.md, section 8)"})
     lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the adapter"})
     vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: it must catch up fast)"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
@@ -72,7 +73,7 @@ class Config:
     clip_coef: float = field(default=0.2, metadata={"help": "PPO ratio clip (Eq. 1)"})
     vf_clip: float = field(default=0.2, metadata={"help": "value clip"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta of the per-token KL penalty (Eq. 4)"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta of the per-token KL penalty (Eq. 4); GRPO: the coefficient of its KL loss term"})
     gamma: float = field(default=1.0, metadata={"help": "discount (Eq. 2)"})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (Eq. 2)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
@@ -189,11 +190,14 @@ def check_config(cfg: Config) -> None:
         least = 0 if name in ("steps", "sft_steps", "rows_per_forward") else 1
         if getattr(cfg, name) < least:
             raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {getattr(cfg, name)}")
-    for name, choices in (("sampler", ("merged", "policy")), ("quantize", ("auto", "nf4", "none"))):
+    for name, choices in (("sampler", ("merged", "policy")), ("quantize", ("auto", "nf4", "none")), ("algo", ("ppo", "grpo"))):
         if getattr(cfg, name) not in choices:
             raise UsageError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if not (0 < cfg.top_p <= 1 and cfg.temperature > 0 and cfg.eval_temperature >= 0):
         raise UsageError("need 0 < --top-p <= 1, --temperature > 0 and --eval-temperature >= 0")
+    if cfg.algo == "grpo" and cfg.samples_per_problem < 2:
+        raise UsageError(f"--algo grpo needs --samples-per-problem >= 2 (a group of one sample has no baseline), "
+                         f"got {cfg.samples_per_problem}")
     if not 0 <= cfg.cccs_plain_fraction <= 1:
         raise UsageError(f"--cccs-plain-fraction must be between 0 and 1, got {cfg.cccs_plain_fraction}")
     for name in ("data", "test_data", "sft_data") if cfg.eval else ("data", "sft_data"):
