@@ -9,11 +9,13 @@
         --steps 120 --seeds 0 1 2 --eval-every 60 --out runs/family480-long   # held-out pass@1 and pass@8 sampled too
     python3 bench/ablations.py --sft-data data/family480/sft.json --data data/family480/rl.json \
         --test-data data/family480/test.json --test-sampled --steps 60 --seeds 0 1 2 --out runs/cccs-demo  # the curriculum demo
+    python3 bench/ablations.py ... --settings stepcoder no-cccs-no-fgo grpo grpo-no-cccs-no-fgo   # PPO against GRPO
 
 Same seeds and budget for every setting. The warm start (SFT, `--sft-seed`) runs once and its
 base model is shared by all runs (`--model RUN/base` loads it like any local model: the
 reference policy is that SFT model, as with `--model tiny`), as the paper's runs start from one
-SFT model. Each setting and seed then runs `--steps` PPO steps. Reported: pass@1 with full
+SFT model. Each setting and seed then runs `--steps` PPO steps (the GRPO settings, `--algo grpo`, as many
+GRPO steps of as many rollouts: 8 problems x 4 samples). Reported: pass@1 with full
 generation (stage 0) on the train problems right after the warm start and after RL (8 samples
 per problem at the rollout temperature, and greedy), pass@8 (the share of problems any of the 8
 samples solves) and the samples' mean reward; greedy pass@1 on the held-out problems (--test-data;
@@ -39,9 +41,14 @@ sys.path.insert(0, str(ROOT))
 from support import config  # noqa: E402
 import stepcoder  # noqa: E402
 
+# GRPO's groups: 4 samples of each of 8 problems, the PPO rows' 32 rollouts per step (16 x 2) in groups a baseline
+# can be taken over (a group of 2 has one other sample); each problem is visited half as often as under PPO.
+GRPO = ["--algo", "grpo", "--problems-per-step", "8", "--samples-per-problem", "4"]
 SETTINGS = {"StepCoder (CCCS + FGO)": [], "w/o CCCS": ["--no-cccs"], "w/o FGO": ["--no-fgo"],
-            "vanilla PPO": ["--no-cccs", "--no-fgo"]}
-SLUGS = {"-".join(f.strip("-") for f in flags) or "stepcoder": name for name, flags in SETTINGS.items()}
+            "vanilla PPO": ["--no-cccs", "--no-fgo"], "GRPO + CCCS + FGO": GRPO, "GRPO w/o CCCS": GRPO + ["--no-cccs"],
+            "GRPO w/o FGO": GRPO + ["--no-fgo"], "GRPO": GRPO + ["--no-cccs", "--no-fgo"]}
+SLUGS = {"-".join(["grpo"] * (flags[:1] == ["--algo"]) + [f.strip("-") for f in flags if f.startswith("--no-")])
+         or "stepcoder": name for name, flags in SETTINGS.items()}
 
 
 def tiny_flags(steps: int) -> list[str]:
