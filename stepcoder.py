@@ -4,6 +4,7 @@ Run it:
     python stepcoder.py --model tiny                    # CPU, no download: SFT warm start, then PPO
     python stepcoder.py --model deepseek-coder-1.3b     # one 24 GB GPU, 4-bit base + LoRA
     python stepcoder.py --model tiny --no-cccs --no-fgo # vanilla PPO (the paper's ablation)
+    python stepcoder.py --model tiny --algo grpo        # GRPO beside PPO, CCCS and FGO on (docs/METHOD.md, section 10)
     python stepcoder.py --resume runs/tiny --steps 40   # continue a run to 40 PPO steps in total
     torchrun --nproc_per_node 2 stepcoder.py --model tiny   # data-parallel ranks (support/distributed.py)
     python stepcoder.py --help                          # every flag, with its default
@@ -17,6 +18,7 @@ What it implements (Dou et al., 2024, arXiv 2402.01391; docs/METHOD.md), in the 
     8. the loop: log, checkpoint; evaluation before and after RL.
 The policy is a LoRA adapter on a (4-bit) base model; the value head is one linear layer on the same
 forward pass; the reference policy is the same model with the adapter disabled (support/models.py).
+`--algo grpo` changes steps 5-7 only (GRPO, Shao et al. 2024): no values, group advantages, the KL a loss term.
 
 Where this departs from the paper, and why (the model's departures: support/models.py):
     1. Value-loss coefficient 0.1: the value head shares the policy's adapter, and a fresh head's loss

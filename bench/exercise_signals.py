@@ -7,8 +7,9 @@ same invocation.
     python3 bench/exercise_signals.py [--steps 2] [--base RUN/base] [--out runs/exercise-signals]
 
 Without --base it first warm-starts the tiny model (`--model tiny`'s defaults, --sft-steps 300, about two
-minutes on a 2-core CPU) and reuses that base (OUT/warm/base) on later invocations. The 12 runs then take
-about 6 minutes on such a host. Not in the student handout: it reads the answer key.
+minutes on a 2-core CPU) and reuses that base (OUT/warm/base) on later invocations. The 14 runs then take
+about 7 minutes on such a host (`--exercises 12` runs one exercise and its reference). Exercise 12's function
+runs only under GRPO: it and its reference run with `--algo grpo`. Not in the student handout: it reads the answer key.
 """
 import argparse
 import contextlib
@@ -37,7 +38,9 @@ SIGNALS = [
     (9, "stepcoder", "logprobs_and_values", "logprobs_and_values", "logits_at_the_token", ("clipfrac", "kl")),
     (10, "stepcoder", "whiten", "whiten", "over_padding", ("pg_loss", "kl")),
     (11, "stepcoder", "response_length", "response_length", "eos_not_an_action", ("kl", "reward_mean")),
+    (12, "stepcoder", "group_advantages", "group_advantages", "whole_batch", ("pg_loss", "kl_loss")),
 ]
+ALGO = {12: "grpo"}  # exercises whose function only GRPO calls: they run, and are compared, with --algo grpo
 
 
 def shown(value) -> str:
@@ -58,9 +61,9 @@ def replaced(module: str, attribute: str, function):
         setattr(owner, name, original)
 
 
-def run(base: Path, out: Path, steps: int) -> list[dict]:
+def run(base: Path, out: Path, steps: int, algo: str = "ppo") -> list[dict]:
     cfg = stepcoder.parse_config(["--model", str(base), "--steps", str(steps), "--no-eval", "--out", str(out),
-                                  "--overwrite", "--seed", "0"])
+                                  "--overwrite", "--seed", "0", "--algo", algo])
     stepcoder.train(cfg)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--base", type=Path, default=None, help="a warm-started tiny base (RUN/base)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "exercise-signals")
+    parser.add_argument("--exercises", type=int, nargs="+", default=[s[0] for s in SIGNALS], help="which (default: all)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         print("exercise_signals: error: --steps must be at least 1", file=sys.stderr)
@@ -83,14 +87,18 @@ def main(argv=None) -> int:
     if not (base / "config.json").is_file():
         print(f"exercise_signals: error: {base} is not a saved model (--base RUN/base)", file=sys.stderr)
         return 2
-    results = {"reference": run(base, args.out / "reference", args.steps)}
-    for number, module, attribute, grader, bug, _ in SIGNALS:
+    signals = [signal for signal in SIGNALS if signal[0] in args.exercises]
+    results = {}
+    for algo in sorted({ALGO.get(signal[0], "ppo") for signal in signals}):
+        results[f"reference {algo}"] = run(base, args.out / f"reference-{algo}", args.steps, algo)
+    for number, module, attribute, grader, bug, _ in signals:
         with replaced(module, attribute, test_grading.VARIANTS[grader](bug)):
-            results[f"{number} {attribute}: {bug}"] = run(base, args.out / f"exercise{number}", args.steps)
+            results[f"{number} {attribute}: {bug}"] = run(base, args.out / f"exercise{number}", args.steps,
+                                                          ALGO.get(number, "ppo"))
     (args.out / "signals.json").write_text(json.dumps(results, indent=1))
-    reference = results["reference"]
     print(f"\nthe tiny run from {base}, steps 1..{args.steps}: each exercise's metrics, reference -> wrong answer")
-    for number, _, attribute, _, bug, metrics in SIGNALS:
+    for number, _, attribute, _, bug, metrics in signals:
+        reference = results[f"reference {ALGO.get(number, 'ppo')}"]
         rows = results[f"{number} {attribute}: {bug}"]
         print(f"  {number} {attribute} ({bug}): " + "; ".join(
             f"{metric} " + ", ".join(f"{shown(a[metric])} -> {shown(b[metric])}" for a, b in zip(reference, rows))

@@ -35,7 +35,8 @@ EXERCISES = [(1, "stepcoder.py", "compute_gae"), (2, "stepcoder.py", "policy_los
              (6, "curriculum.py", "split_points"), (6, "curriculum.py", "stage_prefixes"),
              (7, "curriculum.py", "Curriculum.update"), (8, "sandbox.py", "outputs_match"),
              (9, "stepcoder.py", "logprobs_and_values"), (10, "stepcoder.py", "whiten"),
-             (11, "stepcoder.py", "response_length"), (11, "stepcoder.py", "program_text")]
+             (11, "stepcoder.py", "response_length"), (11, "stepcoder.py", "program_text"),
+             (12, "stepcoder.py", "group_advantages")]
 # the answer key; the test that reads the reference; the measurement that uses the answer key's wrong answers
 LEFT_OUT = {"tests/test_grading.py", "tests/test_handout.py", "bench/exercise_signals.py"}
 MIN_CHARS = 16  # a body line this long (stripped) must not appear in the handout; shorter ones ('return False') may
@@ -178,7 +179,7 @@ def grade_copy(copy: Path, root: Path = ROOT, timeout: float = 600) -> tuple[dic
 
 
 def grade_line(copy: Path, passed: dict[str, bool], problem: str) -> str:
-    """'COPY: 9 of 11 exercises pass (failing: 9 logprobs_and_values, ...)': an exercise passes when all its
+    """'COPY: 10 of 12 exercises pass (failing: 9 logprobs_and_values, ...)': an exercise passes when all its
     functions' graders do."""
     numbers = sorted({number for number, _, _ in EXERCISES})
     failing = [f"{number} {name}" for number, _, name in EXERCISES if not passed.get(name)]

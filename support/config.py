@@ -64,7 +64,7 @@ class Config:
     eval_test_sampled: bool = field(default=False, metadata={"help": "also sample the --test-data problems as the training ones (--eval-samples each at --eval-temperature): a finer held-out pass@1 than one greedy decode per problem (default: greedy only)"})
     timeout: float = field(default=4.0, metadata={"help": "seconds per unit test in the sandbox"})
     # --- PPO (and GRPO beside it) ------------------------------------------------------------
-    algo: str = field(default="ppo", metadata={"help": "ppo (the paper's: a value head, KL in the reward, GAE) | grpo (Shao et al. 2024: each problem's samples are a group, the advantage is the reward against the group's mean and std, the KL to the reference a loss term; no value head forward). CCCS and FGO work with both (docs/METHOD.md, section 8)"})
+    algo: str = field(default="ppo", metadata={"help": "ppo (the paper's: a value head, KL in the reward, GAE) | grpo (Shao et al. 2024: each problem's samples are a group, the advantage is the reward against the group's mean and std, the KL to the reference a loss term; no value head forward). CCCS and FGO work with both (docs/METHOD.md, section 10)"})
     lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the adapter"})
     vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: it must catch up fast)"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})

@@ -55,7 +55,9 @@ def budget(arch: dict, cfg: Config, prompt_tokens: int | None = None) -> dict:
     keeps, about 2 x (6 hidden + 4 intermediate) bytes a token and layer (norm inputs, q, k, v, attention
     output; gate, up, SiLU, product), or with gradient checkpointing each layer's input plus one layer's; the
     logits in bf16 plus their float32 log-softmax copies: three (B, G, V) of them in one pass, one chunk's with
-    token_logprobs. The prompt: PROMPT_TOKENS, at most --max-prompt-tokens, unless given."""
+    token_logprobs. The prompt: PROMPT_TOKENS, at most --max-prompt-tokens, unless given. --algo grpo plans the
+    same: it runs no value head, but the head is one float32 linear layer, and the hidden states PPO's no-grad
+    forward keeps for it (one per layer and token) are fewer bytes than the update's activations and logits."""
     if prompt_tokens is None:
         prompt_tokens = min(PROMPT_TOKENS, cfg.max_prompt_tokens)
     h, inter, layers, vocab = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch["vocab_size"]
@@ -205,7 +207,7 @@ def report(cfg: Config) -> str:
         raise UsageError(f"--memory-plan: no architecture known for '{cfg.model}': name {' or '.join(MODELS)}, or a "
                          f"local model directory with its config.json")
     row = budget(arch, cfg)
-    settings = {name: getattr(cfg, name) for name in ("sampler", "gen_batch_size", "minibatch_size",
+    settings = {name: getattr(cfg, name) for name in ("algo", "sampler", "gen_batch_size", "minibatch_size",
                                                        "gradient_checkpointing", "max_new_tokens", "lora_r", "quantize")}
     lines = [f"memory plan for --model {cfg.model} ({arch['num_hidden_layers']} layers, hidden {arch['hidden_size']}, "
              f"vocabulary {arch['vocab_size']}), on paper, one GPU (support/memory.py):",

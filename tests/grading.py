@@ -533,9 +533,38 @@ def check_program_text(program_text):
                        f"{FakeTokenizer.PIECES}: {wrong}")
 
 
+# ======================================================= 12. group_advantages (GRPO, beside PPO)
+
+def check_group_advantages(group_advantages):
+    # 12 rollouts in groups of 4 (a problem's samples are consecutive rows), 3 action tokens at most.
+    # Group A (1, -0.3, -0.3, -0.3): mean 0.025, deviations 0.975 and -0.325 (x3), squares 0.950625 and
+    #   0.105625 (x3) = 1.2675, / (4 - 1) = 0.4225, std 0.65: advantages 0.975 / 0.6501, -0.325 / 0.6501.
+    # Group B (1, 1, 1, 1): all equal, std 0: 0 on every token (the epsilon keeps 0 / 0 away).
+    # Group C (-1, -0.6, -0.6, 1): mean -0.3, deviations -0.7, -0.3, -0.3, 1.3, squares 2.36, / 3, std 0.886942.
+    scores = t([1.0, -0.3, -0.3, -0.3, 1.0, 1.0, 1.0, 1.0, -1.0, -0.6, -0.6, 1.0])
+    lengths = [2, 3, 3, 1, 3, 3, 3, 3, 1, 2, 3, 3]  # a row's action tokens; the rest is padding
+    mask = t([[1.0] * n + [0.0] * (3 - n) for n in lengths])
+    inputs = (scores.clone(), mask.clone())
+    out = group_advantages(scores, 4, mask)
+    std_c = math.sqrt(2.36 / 3)
+    per_row = [0.975 / 0.6501] + [-0.325 / 0.6501] * 3 + [0.0] * 4 + \
+              [d / (std_c + 1e-4) for d in (-0.7, -0.3, -0.3, 1.3)]
+    want = [[a if k < n else 0.0 for k in range(3)] for a, n in zip(per_row, lengths)]
+    close(out, want, "advantages: (reward - the group's mean) / (the group's std (n - 1) + 1e-4), the same on every "
+          "action token of the rollout, 0 on padding; mean and std over each group of 4 rows only, one value per "
+          "rollout (not per token)", atol=1e-5)
+    assert torch.equal(scores, inputs[0]) and torch.equal(mask, inputs[1]), "group_advantages must not modify its inputs"
+    # Groups of 2: (1, -1): mean 0, std sqrt 2 -> +-1 / (1.414214 + 1e-4); (-0.3, -0.3): 0.
+    out = group_advantages(t([1.0, -1.0, -0.3, -0.3]), 2, t([[1.0], [1.0], [1.0], [1.0]]))
+    a = 1 / (math.sqrt(2) + 1e-4)
+    close(out, [[a], [-a], [0.0], [0.0]], "groups of 2: (1, -1) gives +-1 / (sqrt 2 + 1e-4), an all-equal group 0",
+          atol=1e-5)
+
+
 CHECKS = {"compute_gae": check_compute_gae, "policy_loss": check_policy_loss, "value_loss": check_value_loss,
           "fgo_mask": check_fgo_mask, "kl_penalized_rewards": check_kl_penalized_rewards,
           "split_points": check_split_points, "stage_prefixes": check_stage_prefixes,
           "curriculum_update": check_curriculum_update, "outputs_match": check_outputs_match,
           "logprobs_and_values": check_logprobs_and_values, "whiten": check_whiten,
-          "response_length": check_response_length, "program_text": check_program_text}
+          "response_length": check_response_length, "program_text": check_program_text,
+          "group_advantages": check_group_advantages}

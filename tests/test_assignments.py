@@ -10,7 +10,7 @@ grade first.
 from grading import (check_compute_gae, check_curriculum_update, check_fgo_mask, check_kl_penalized_rewards,
                      check_logprobs_and_values, check_outputs_match, check_policy_loss, check_program_text,
                      check_response_length, check_split_points, check_stage_prefixes, check_value_loss,
-                     check_whiten, real)
+                     check_whiten, check_group_advantages, real)
 
 
 def test_grade_compute_gae():
@@ -63,3 +63,7 @@ def test_grade_response_length():
 
 def test_grade_program_text():
     check_program_text(real("stepcoder", "program_text"))
+
+
+def test_grade_group_advantages():
+    check_group_advantages(real("stepcoder", "group_advantages"))

@@ -290,6 +290,24 @@ def program_text_variant(bug):
     return program_text
 
 
+def group_advantages_variant(bug):
+    def group_advantages(scores, group_size, mask, eps=1e-4):
+        if bug == "over_tokens":  # each token a sample: rows with more tokens weigh more
+            tokens = scores[:, None].expand_as(mask)
+            groups, weights = tokens.reshape(-1, group_size * mask.shape[1]), mask.reshape(-1, group_size * mask.shape[1])
+            n = weights.sum(1, keepdim=True)
+            mean = (groups * weights).sum(1, keepdim=True) / n
+            std = (((groups - mean) ** 2 * weights).sum(1, keepdim=True) / (n - 1)).sqrt()
+            return ((groups - mean) / (std + eps) * weights).reshape(mask.shape)
+        groups = scores.view(1, -1) if bug == "whole_batch" else scores.view(-1, group_size)
+        mean = torch.zeros_like(groups[:, :1]) if bug == "no_mean" else groups.mean(1, keepdim=True)
+        spread = groups.var(1, keepdim=True) if bug == "divide_by_variance" else \
+            groups.std(1, keepdim=True, unbiased=bug != "population_std")
+        advantages = ((groups - mean) / (spread + (0.0 if bug == "no_epsilon" else eps))).reshape(-1)
+        return advantages[:, None].expand_as(mask).clone() if bug == "padding_leaks" else advantages[:, None] * mask
+    return group_advantages
+
+
 WRONG = [("compute_gae", bug, gae_variant(bug)) for bug in
          ("bootstrap_from_values_t", "padding_leaks", "gamma_lam_swapped", "no_lambda", "returns_without_values")]
 WRONG += [("compute_gae", "forward_in_time", gae_forward_time)]
@@ -323,6 +341,9 @@ WRONG += [("response_length", bug, response_length_variant(bug)) for bug in
            "fence_after_eos")]
 WRONG += [("program_text", bug, program_text_variant(bug)) for bug in
           ("actions_only", "text_after_eos", "fence_as_one_token", "fence_in_base_model")]
+WRONG += [("group_advantages", bug, group_advantages_variant(bug)) for bug in
+          ("whole_batch", "over_tokens", "no_mean", "divide_by_variance", "padding_leaks", "population_std",
+           "no_epsilon")]
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -342,7 +363,7 @@ VARIANTS = {"compute_gae": gae_variant, "policy_loss": policy_loss_variant, "val
             "stage_prefixes": stage_prefixes_variant, "curriculum_update": update_variant,
             "outputs_match": outputs_match_variant, "logprobs_and_values": logprobs_and_values_variant,
             "whiten": whiten_variant, "response_length": response_length_variant,
-            "program_text": program_text_variant}
+            "program_text": program_text_variant, "group_advantages": group_advantages_variant}
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

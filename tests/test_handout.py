@@ -23,7 +23,7 @@ GRADERS = {"compute_gae": "exercise 1: compute_gae", "policy_loss": "exercise 2:
            "stage_prefixes": "exercise 6: stage_prefixes", "curriculum_update": "exercise 7: Curriculum.update",
            "outputs_match": "exercise 8: outputs_match", "logprobs_and_values": "exercise 9: logprobs_and_values",
            "whiten": "exercise 10: whiten", "response_length": "exercise 11: response_length",
-           "program_text": "exercise 11: program_text"}
+           "program_text": "exercise 11: program_text", "group_advantages": "exercise 12: group_advantages"}
 FILES = {"compute_gae": "stepcoder.py", "policy_loss": "stepcoder.py", "value_loss": "stepcoder.py",
          "fgo_mask": "stepcoder.py", "kl_penalized_rewards": "stepcoder.py", "split_points": "curriculum.py",
          "stage_prefixes": "curriculum.py", "Curriculum.update": "curriculum.py", "outputs_match": "sandbox.py",
@@ -135,8 +135,8 @@ def test_a_class_is_graded_with_the_teachers_graders(made, tmp_path, capsys):
     (cheat / "tests" / "grading.py").write_text(grader.replace("def check_whiten(whiten):\n", "def check_whiten(whiten):\n    return\n"))
     assert handout.main(["--grade", str(fresh), str(done), str(cheat)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith(f"{fresh}: 0 of 11 exercises pass (failing: 1 compute_gae, 2 policy_loss"), lines[0]
-    assert lines[1] == f"{done}: 11 of 11 exercises pass"
-    assert lines[2] == f"{cheat}: 10 of 11 exercises pass (failing: 10 whiten)"
+    assert lines[0].startswith(f"{fresh}: 0 of 12 exercises pass (failing: 1 compute_gae, 2 policy_loss"), lines[0]
+    assert lines[1] == f"{done}: 12 of 12 exercises pass"
+    assert lines[2] == f"{cheat}: 11 of 12 exercises pass (failing: 10 whiten)"
     assert lines[3] == "graded 3 copies: 1 with every exercise passing"
     assert handout.main(["--grade", str(tmp_path / "nobody")]) == 2
