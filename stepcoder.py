@@ -333,7 +333,7 @@ def logprobs_before_update(policy, value_head, b_ids, b_attention_mask, n_gen: i
         mb_ids, mb_attention_mask = b_ids[mb], b_attention_mask[mb]
         outputs = forward_rows(policy, value_head, mb_ids, mb_attention_mask, n_gen, cfg)
         b_logprobs[mb], b_entropy[mb] = outputs[:2]
-        if value_head is not None:  # GRPO passes none: its values stay 0
+        if len(outputs) == 3:  # GRPO passes no value head: its values stay 0
             b_values[mb] = outputs[2]
         with policy.disable_adapter():
             b_ref_logprobs[mb] = forward_rows(policy, None, mb_ids, mb_attention_mask, n_gen, cfg)[0]
