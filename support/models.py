@@ -26,9 +26,9 @@ Where this departs from the paper, and why:
     5. float16 before Ampere: a pretrained model on CUDA computes in bf16 where the card has it natively
        (compute capability 8.0 and up: A100, A10, L4, RTX 30xx and newer, H100), else in float16 (Colab's
        T4, V100; `precision`), which have no bf16 tensor cores (bf16 there is emulated, slowly, if at all):
-       the same 2 bytes (the memory plan holds), but 5 exponent bits, not 8. So
-       the adapter and the value head stay float32 (peft's `autocast_adapter_dtype` upcasts LoRA weights;
-       the value head is made so), the losses are float32 (computed from float32 copies of the logits and
+       the same 2 bytes (the memory plan holds), but 5 exponent bits, not 8. So the adapter and the value
+       head stay float32 (peft's `autocast_adapter_dtype` upcasts LoRA weights; the value head is made
+       so), the losses are float32 (computed from float32 copies of the logits and
        hidden states), and a loss scaler (`loss_scaler`: torch.amp.GradScaler) multiplies the loss by 2^16
        before the backward pass and divides the gradients back before the clip: a LoRA weight's gradient
        is float32, but it is computed from the gradient that flowed back through the float16 activations
