@@ -441,10 +441,11 @@ def value_loss(values, old_values, returns, mask, vf_clip: float):
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
 
-def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: list, cfg: Config) -> dict:
+def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: list, cfg: Config, scaler) -> dict:
     """Step 7: Eq. 1 on the tokens FGO keeps (batch["fgo"]) plus the value loss on every generated token
     (batch["mask"]), cfg.ppo_epochs passes over the step's minibatches, in a new order each pass; one
-    gradient norm, of the adapter and the value head together, clipped to cfg.max_grad_norm.
+    gradient norm, of the adapter and the value head together, clipped to cfg.max_grad_norm. `scaler`
+    scales the loss where the model computes in float16 (support/models.py: loss_scaler), else does nothing.
     -> the mean of each statistic, and the number of minibatches skipped for a non-finite loss"""
     policy.train()
     grpo = cfg.algo == "grpo"
@@ -472,10 +473,12 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
                 skipped += 1
                 continue
             optimizer.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
             distributed.all_reduce_grads(params)  # several ranks: the mean gradient, the same step on all
+            scaler.unscale_(optimizer)  # the clip sees the true gradient
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             for name, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("kl_loss", kl_loss),
                                 ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
                 stats[name].append(value.item())
@@ -551,7 +554,7 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
         b.update(ids=rollouts.ids, attn=rollouts.attention_mask, n_gen=rollouts.n_gen, mask=b_mask,
                  fgo=b_fgo)
         # 7. PPO update: a few epochs over the minibatches (GRPO: the KL a loss term, no value loss).
-        stats = ppo_update(agent.policy, agent.value_head, optimizer, params, b, minibatches, cfg)
+        stats = ppo_update(agent.policy, agent.value_head, optimizer, params, b, minibatches, cfg, agent.scaler)
         seconds["t_update"] = time.time() - started
         # 8. Log and checkpoint.
         metrics = step_metrics(step, rollouts, scored, b, stats, cccs, seconds)
@@ -749,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stepcoder: interrupted", file=sys.stderr)
         return 130
     except torch.cuda.OutOfMemoryError:
-        print("stepcoder: CUDA out of memory: try --sampler policy (no bf16 copy for decoding), a smaller "
+        print("stepcoder: CUDA out of memory: try --sampler policy (no 16-bit copy for decoding), a smaller "
               "--gen-batch-size or --minibatch-size, or fewer --max-new-tokens", file=sys.stderr)
         return 1
     return 0

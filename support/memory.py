@@ -6,7 +6,7 @@ before the weights load: `check_gpu`), `stepcoder.py --memory-plan` and `bench/g
     python3 stepcoder.py --model path/to/model --memory-plan          # a local model: its config.json
 
 What it does: `budget` counts each term of the peak (its docstring says how); `fit` finds the settings that
-fit some free memory: the policy samples instead of a bf16 copy, then the larger phase shrinks (generation:
+fit some free memory: the policy samples instead of a 16-bit copy, then the larger phase shrinks (generation:
 half the --gen-batch-size; the update: gradient checkpointing, then half the --minibatch-size); a flag the
 user gave never changes. At start on CUDA (`check`): settings that fit run as they are; defaults that do
 not are changed, in one line; the user's flags that do not fit stop the run: one line naming the planned
@@ -48,16 +48,18 @@ PEAK = "peak (fixed + the larger phase)"
 
 def budget(arch: dict, cfg: Config, prompt_tokens: int | None = None) -> dict:
     """GiB of each phase of a PPO step, on paper, from the architecture (config.json's numbers) and the trainer's
-    settings. Weights: 4-bit linears at 0.5 byte per weight (+ ~3% quantisation constants), embeddings and head in
-    bf16 (--quantize none: all bf16); LoRA weights, gradients and AdamW moments in float32. Generation: the
-    preallocated KV cache of gen_batch_size rows of prompt + max_new_tokens (2 x layers x key-value width x 2
-    bytes a token). The update, per minibatch of prompt + max_new_tokens tokens: the activations autograd
-    keeps, about 2 x (6 hidden + 4 intermediate) bytes a token and layer (norm inputs, q, k, v, attention
-    output; gate, up, SiLU, product), or with gradient checkpointing each layer's input plus one layer's; the
-    logits in bf16 plus their float32 log-softmax copies: three (B, G, V) of them in one pass, one chunk's with
-    token_logprobs. The prompt: PROMPT_TOKENS, at most --max-prompt-tokens, unless given. --algo grpo plans the
-    same: it runs no value head, but the head is one float32 linear layer, and the hidden states PPO's no-grad
-    forward keeps for it (one per layer and token) are fewer bytes than the update's activations and logits."""
+    settings. 16-bit: the compute dtype, bf16 or float16 (cards before Ampere; support/models.py: precision),
+    2 bytes either way. Weights: 4-bit linears at 0.5 byte per weight (+ ~3% quantisation constants), embeddings
+    and head in 16-bit (--quantize none: all 16-bit); LoRA weights, gradients and AdamW moments in float32.
+    Generation: the preallocated KV cache of gen_batch_size rows of prompt + max_new_tokens (2 x layers x
+    key-value width x 2 bytes a token). The update, per minibatch of prompt + max_new_tokens tokens: the
+    activations autograd keeps, about 2 x (6 hidden + 4 intermediate) bytes a token and layer (norm inputs, q,
+    k, v, attention output; gate, up, SiLU, product), or with gradient checkpointing each layer's input plus
+    one layer's; the logits in 16-bit plus their float32 log-softmax copies: three (B, G, V) of them in one
+    pass, one chunk's with token_logprobs. The prompt: PROMPT_TOKENS, at most --max-prompt-tokens, unless
+    given. --algo grpo plans the same: it runs no value head, but the head is one float32 linear layer, and the
+    hidden states PPO's no-grad forward keeps for it (one per layer and token) are fewer bytes than the
+    update's activations and logits."""
     if prompt_tokens is None:
         prompt_tokens = min(PROMPT_TOKENS, cfg.max_prompt_tokens)
     h, inter, layers, vocab = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch["vocab_size"]
@@ -75,10 +77,10 @@ def budget(arch: dict, cfg: Config, prompt_tokens: int | None = None) -> dict:
     logits = cfg.minibatch_size * cfg.max_new_tokens * vocab * 2
     logit_copies = cfg.minibatch_size * min(128, cfg.max_new_tokens) * vocab * 4 * 3  # one chunk's float32 copies
     four_bit = cfg.quantize != "none"  # a pretrained model on CUDA: 4-bit NF4 unless --quantize none
-    row = {f"weights ({'4-bit' if four_bit else 'bf16'} base)": linear * 0.5 * 1.03 + embeddings * 2 if four_bit
+    row = {f"weights ({'4-bit' if four_bit else '16-bit'} base)": linear * 0.5 * 1.03 + embeddings * 2 if four_bit
            else (linear + embeddings) * 2,
            "LoRA + grads + AdamW": lora * 4 * 4,
-           "merged sampler (bf16 copy)": (linear + embeddings) * 2 if cfg.sampler == "merged" else 0.0,
+           "merged sampler (16-bit copy)": (linear + embeddings) * 2 if cfg.sampler == "merged" else 0.0,
            "generate: KV cache": 2 * layers * kv * 2 * cfg.gen_batch_size * tokens,
            "update: activations": activations, "update: logits": logits + 2 * logits + logit_copies}
     row = {k: v / GIB for k, v in row.items()}
@@ -117,7 +119,7 @@ def fits(peak_gib: float, free_gib: float) -> bool:
 
 def fit(arch: dict, cfg: Config, free_gib: float, keep=()) -> dict | None:
     """The fields to change so that the peak on paper fits `free_gib` ({}: cfg fits as it is; None: nothing
-    does), each change kept while it is still over: the policy samples (no bf16 copy); then the larger phase
+    does), each change kept while it is still over: the policy samples (no 16-bit copy); then the larger phase
     shrinks: generation halves --gen-batch-size, the update turns on gradient checkpointing, then halves
     --minibatch-size. The fields in `keep` (the user's flags) never change."""
     changes = {}

@@ -11,8 +11,8 @@ policy as the same model with the adapter disabled; the SFT warm start the paper
 Where this departs from the paper, and why:
     1. LoRA on a 4-bit base: a LoRA adapter on a 4-bit NF4 base instead of full fine-tuning: the paper
        trains 6.7B on many GPUs; we target 1.3B on one 24 GB GPU; only the adapter and the value head
-       learn. 4-bit compute is bf16 on CUDA, float32 on the CPU (`--quantize nf4`, for tests). `tiny`
-       stays full precision float32.
+       learn. 4-bit compute is bf16 or float16 on CUDA (departure 5), float32 on the CPU (`--quantize
+       nf4`, for tests). `tiny` stays full precision float32.
     2. The reference is "adapter off". For `tiny` the warm start trains the base weights before the
        adapter exists, so the reference is exactly the SFT model (as in the paper). A pretrained 4-bit
        base cannot be trained: there `--sft-steps` trains the adapter itself and the reference stays
@@ -21,8 +21,23 @@ Where this departs from the paper, and why:
     4. A merged sampler: rollouts are sampled by a plain copy of the model whose weights are the
        policy's, merged (`make_sampler`, `--sampler merged`): base weight (dequantized where 4-bit) +
        LoRA's B A. Decoding then runs no 4-bit or LoRA kernels, the slow part of generation, at the cost
-       of a copy of the base in the compute dtype (2.7 GB for 1.3B in bf16). Its log-probs differ from
-       the training forward's by rounding only; PPO's ratio is computed from the training forward's.
+       of a copy of the base in the compute dtype (2.7 GB for 1.3B, bf16 or float16). Its log-probs differ
+       from the training forward's by rounding only; PPO's ratio is computed from the training forward's.
+    5. float16 before Ampere: a pretrained model on CUDA computes in bf16 where the card has it natively
+       (compute capability 8.0 and up: A100, A10, L4, RTX 30xx and newer, H100), else in float16 (Colab's
+       T4, V100; `precision`), which have no bf16 tensor cores (bf16 there is emulated, slowly, if at all):
+       the same 2 bytes (the memory plan holds), but 5 exponent bits, not 8. So the adapter and the value
+       head stay float32 (peft's `autocast_adapter_dtype` upcasts LoRA weights; the value head is made
+       so), the losses are float32 (computed from float32 copies of the logits and
+       hidden states), and a loss scaler (`loss_scaler`: torch.amp.GradScaler) multiplies the loss by 2^16
+       before the backward pass and divides the gradients back before the clip: a LoRA weight's gradient
+       is float32, but it is computed from the gradient that flowed back through the float16 activations
+       above it, and that one, a mean over thousands of tokens, underflows float16 (subnormal below 6e-5,
+       zero below 6e-8) without it; 4-bit NF4 computes in float16 too, so the 4-bit path needs it as much
+       as `--quantize none`. A step whose gradient overflowed is skipped and the scale halved (not counted
+       in the `skipped` metric); the scale is not checkpointed (a resumed run starts again at 2^16, the
+       scale it would have had unless an overflow halved it or 2000 clean steps doubled it). The merged
+       sampler is float16. Not yet run on a pre-Ampere GPU.
 """
 from __future__ import annotations
 
@@ -53,6 +68,7 @@ class Agent:
     value_head: nn.Linear     # hidden size -> 1, float32, on the policy's last hidden state
     sampler: nn.Module        # samples rollouts and evaluations: the policy, or its merged copy
     device: torch.device
+    scaler: torch.amp.GradScaler  # the update's loss scaler: float16 compute only, else it does nothing
 
 
 def load_agent(cfg: Config, sft_problems: list, run: Run, device, resuming: bool) -> Agent:
@@ -82,7 +98,7 @@ def load_agent(cfg: Config, sft_problems: list, run: Run, device, resuming: bool
         run.progress.update(warm_starting)  # departure 'the reference is "adapter off"': SFT trains the adapter
         warm_start(policy, tok, sft_problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
     distributed.broadcast_params([p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters()))
-    return Agent(tok, policy, value_head, make_sampler(policy, cfg), device)
+    return Agent(tok, policy, value_head, make_sampler(policy, cfg), device, loss_scaler(policy, device))
 
 
 def make_optimizer(agent: Agent, cfg: Config) -> torch.optim.Optimizer:
@@ -131,12 +147,22 @@ def quiet_libraries() -> None:
 
 
 def precision(cfg: Config, device_type: str, tiny: bool) -> tuple[bool, torch.dtype]:
-    """(4-bit NF4?, compute dtype). --quantize auto: a pretrained model on CUDA loads in 4-bit NF4 with bf16
-    compute; tiny, and any model on the CPU, stays full precision float32. --quantize nf4 forces 4-bit
-    (also on the CPU, for tests), --quantize none forbids it."""
+    """(4-bit NF4?, compute dtype). --quantize auto: a pretrained model on CUDA loads in 4-bit NF4; tiny, and
+    any model on the CPU, stays full precision float32. --quantize nf4 forces 4-bit (also on the CPU, for
+    tests), --quantize none forbids it. A pretrained model on CUDA computes in bf16 where the card has it
+    natively (compute capability 8.0 and up: Ampere and newer), else in float16 (T4, V100; departure
+    'float16 before Ampere')."""
     use_4bit = cfg.quantize == "nf4" or (cfg.quantize == "auto" and device_type == "cuda" and not tiny)
-    dtype = torch.bfloat16 if device_type == "cuda" and not tiny else torch.float32
-    return use_4bit, dtype
+    if device_type != "cuda" or tiny:
+        return use_4bit, torch.float32
+    return use_4bit, torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+
+
+def loss_scaler(model, device) -> torch.amp.GradScaler:
+    """The loss scaler of training `model` (departure 'float16 before Ampere'): a dynamic one
+    (torch.amp.GradScaler) where the model computes in float16, one that does nothing in bf16 or float32."""
+    float16 = model.get_input_embeddings().weight.dtype == torch.float16
+    return torch.amp.GradScaler(torch.device(device).type, enabled=float16)
 
 
 CODE_SAMPLE = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
@@ -332,11 +358,12 @@ def in_row_groups(forward, input_ids, attention_mask, rows_per_forward: int):
 WARM_START_SAVE_EVERY = 50
 
 
-def sft_backward(model, input_ids, attention_mask, labels, rows_per_forward: int):
+def sft_backward(model, input_ids, attention_mask, labels, rows_per_forward: int, scaler=None):
     """The batch's mean next-token loss over its labels (-100: none), and its gradient accumulated into
     the parameters. The right-padded rows run `rows_per_forward` at a time, shortest first (0: all at
     once): each group's mean loss, weighted by its share of the batch's target tokens, adds up to the
-    batch's mean, so the gradient is the batch's up to float rounding. -> the loss (detached)"""
+    batch's mean, so the gradient is the batch's up to float rounding; with a loss scaler (loss_scaler),
+    the gradient is scaled by its scale. -> the loss (detached)"""
     n_targets = (labels[:, 1:] != -100).sum()
     lengths = attention_mask.sum(1)                                                   # (B,)
     by_length = torch.argsort(lengths, stable=True)                                   # (B,)
@@ -349,7 +376,7 @@ def sft_backward(model, input_ids, attention_mask, labels, rows_per_forward: int
             continue
         group_loss = model(input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width],
                            labels=group_labels).loss * share
-        group_loss.backward()
+        (scaler.scale(group_loss) if scaler else group_loss).backward()
         loss = loss + group_loss.detach().cpu()
     return loss
 
@@ -362,6 +389,7 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_then_cosine, total=cfg.sft_steps))
     start = load_warm_start(checkpoint, model, optimizer, scheduler, rng)
+    scaler = loss_scaler(model, device)
     model.train()
     bar = tqdm(range(start, cfg.sft_steps), desc="warm start (SFT)", initial=start, total=cfg.sft_steps)
     for step in bar:
@@ -373,9 +401,12 @@ def warm_start(model, tok, problems: list, cfg: Config, rng: random.Random, devi
         for row, (_, n_prompt) in enumerate(rows):
             labels[row, :n_prompt] = -100  # no loss on the prompt
         optimizer.zero_grad()
-        loss = sft_backward(model, encoded["input_ids"], encoded["attention_mask"], labels, cfg.rows_per_forward)
+        loss = sft_backward(model, encoded["input_ids"], encoded["attention_mask"], labels, cfg.rows_per_forward,
+                            scaler)
+        scaler.unscale_(optimizer)  # the clip sees the true gradient
         nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)  # float16: no step where a gradient overflowed (the scale then halves)
+        scaler.update()
         scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % WARM_START_SAVE_EVERY == 0 and step + 1 < cfg.sft_steps:

@@ -80,7 +80,8 @@ def test_grpo_keeps_fgo_to_the_policy_term_and_the_kl_on_every_action(monkeypatc
     policy = torch.nn.Module()
     value_head = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD([logits], lr=0.1)
-    stats = stepcoder.ppo_update(policy, value_head, optimizer, [logits], batch, [torch.arange(4)], cfg)
+    stats = stepcoder.ppo_update(policy, value_head, optimizer, [logits], batch, [torch.arange(4)], cfg,
+                                  torch.amp.GradScaler("cpu", enabled=False))
     assert torch.equal(seen["policy_loss"], fgo) and torch.equal(seen["k3_kl"], mask)
     assert seen["value_head"] is None  # no value head forward
     assert stats["vf_loss"] == 0.0 and stats["kl_loss"] > 0.0

@@ -27,9 +27,9 @@ def generic(size):
 
 
 def test_the_issue_numbers():
-    # 1.3B at the defaults: 11.9 GiB; 6.7B at the same settings: 39.0, a 12.6 GiB bf16 copy and a 22.3 GiB KV cache
+    # 1.3B at the defaults: 11.9 GiB; 6.7B at the same settings: 39.0, a 12.6 GiB 16-bit copy and a 22.3 GiB KV cache
     row = memory.budget(ARCH["6.7b"], generic("6.7b"))
-    assert row["merged sampler (bf16 copy)"] == pytest.approx(12.55, abs=0.01)
+    assert row["merged sampler (16-bit copy)"] == pytest.approx(12.55, abs=0.01)
     assert row["generate: KV cache"] == pytest.approx(22.25, abs=0.01)
     assert row[memory.PEAK] == pytest.approx(39.00, abs=0.01)
     assert memory.peak(ARCH["1.3b"], cfg_of("deepseek-coder-1.3b")) == pytest.approx(11.90, abs=0.01)

@@ -145,8 +145,9 @@ def test_a_long_prompt_loses_the_end_of_its_statement_never_the_prefix(tmp_path)
     assert tok.decode(ids[0], skip_special_tokens=True) == text and tok.decode(ids[1], skip_special_tokens=True) == full
 
 
-def test_tiny_stays_full_precision_on_cuda_and_pretrained_models_go_4bit():
-    tiny, hub = stepcoder.Config(model="tiny"), stepcoder.Config()
+def test_tiny_stays_full_precision_on_cuda_and_pretrained_models_go_4bit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100 (float16 before:
+    tiny, hub = stepcoder.Config(model="tiny"), stepcoder.Config()                         # tests/test_compute_dtype.py)
     assert models.precision(tiny, "cuda", tiny=True) == (False, torch.float32)
     assert models.precision(tiny, "cpu", tiny=True) == (False, torch.float32)
     assert models.precision(dataclasses.replace(tiny, quantize="nf4"), "cuda", tiny=True)[0]

@@ -298,7 +298,7 @@ def test_the_warm_start_encodes_rl_prompts_and_cuts_a_long_row_in_its_statement(
         single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)])
     cfg = stepcoder.Config(model="tiny", sft_steps=1, sft_batch_size=1, max_prompt_tokens=200, max_new_tokens=20)
     seen = {}
-    def record(model, input_ids, attention_mask, labels, rows_per_forward):
+    def record(model, input_ids, attention_mask, labels, rows_per_forward, scaler=None):
         seen.update(ids=input_ids[0].tolist(), labels=labels[0].tolist())
         return torch.zeros(())
     monkeypatch.setattr(models, "sft_backward", record)
