@@ -43,7 +43,7 @@ class Config:
     tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard event files into the run directory (pip install tensorboard)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
     page_rollouts: int = field(default=4, metadata={"help": "rollouts per logged step on the run's page, RUN/rollouts.html (support/page.py): the best, the worst and the rest at random; 0: no page"})
-    page_every: int = field(default=5, metadata={"help": "the page logs step 1, every N-th step and the last (5 keeps it near 1 MB at the defaults, 100 steps of 32 rollouts; tiny: 1)"})
+    page_every: int = field(default=5, metadata={"help": "the page logs step 1, every N-th step and the last (5: under 2 MB at the defaults, 100 steps, even were every rollout shown 1024 tokens long; tiny: 1)"})
     eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy; --eval-test-sampled: also sampled) after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------

@@ -172,7 +172,7 @@ details.step > summary { cursor: pointer; font-weight: 600; }
 .ln .text { flex: 1; padding-left: .5em; }
 .ln.prompt .text { background: #e8effa; } .prefix { color: #33506e; }
 .masked { color: #8a8a8a; text-decoration: line-through; background: #ececec; border-right: 1px dotted #aaa; }
-.newline { color: #aaa; }
+.newline { color: #777; background: #ececec; }
 .failure { border: 1px solid #ddd; border-top: 0; padding: .3em .6em; background: #fffbf5; }
 .failure table { border-collapse: collapse; } .failure th { text-align: left; vertical-align: top; padding-right: 1em; }
 .failure pre { margin: 0; white-space: pre-wrap; font-size: 12px; max-height: 10em; overflow: auto; }
@@ -194,6 +194,9 @@ def page_parts(run_dir: Path):
     yield "<h2>The rollouts</h2>\n"
     if not rows:
         yield '<p class="muted">No step logged yet.</p>\n'
+    else:
+        yield ("<p>Steps: " + " &middot; ".join(f'<a href="#step-{row["step"]}">{row["step"]}</a>' for row in rows)
+               + '<span class="muted"> (the first and the last are open; click a step to open it)</span></p>\n')
     for n, row in enumerate(rows):
         yield step_section(row, open_=n in (0, len(rows) - 1))
     yield "</body></html>\n"
@@ -277,8 +280,9 @@ def stages_and_evaluation(run_dir: Path, rows: list[dict]) -> str:
     if not problem_ids:
         return "".join(out)
     steps = [row["step"] for row in rows]
-    header = ("<tr><th>problem</th><th>K</th>" + "".join(f"<th>{step}</th>" for step in steps)
-              + "<th>pass@1 before</th><th>after</th><th>change</th></tr>\n")
+    header = (f'<tr><th></th><th></th><th colspan="{len(steps)}">stage after step</th><th colspan="3">pass@1</th></tr>\n'
+              "<tr><th>problem</th><th>K</th>" + "".join(f"<th>{step}</th>" for step in steps)
+              + "<th>before</th><th>after</th><th>change</th></tr>\n")
     completion = rows[-1].get("completion_stages", {}) if rows else {}
     lines = []
     for problem_id in problem_ids:
@@ -292,13 +296,15 @@ def stages_and_evaluation(run_dir: Path, rows: list[dict]) -> str:
     out.append(side_by_side(header, lines, 230 + 24 * len(steps)))
     held_out = list(before.get("test", {}).get("problems", {}))
     if held_out:
-        out.append("<p>Held-out problems (--test-data, never trained on): pass@1 before &rarr; after.</p>\n")
+        out.append(f"<details><summary>The {len(held_out)} held-out problems (--test-data, never trained on): pass@1 "
+                   f"{overall(before, 'test')} &rarr; {overall(after, 'test')}</summary>\n")
         lines = []
         for problem_id in held_out:
             first, last = rate(before, "test", problem_id), rate(after, "test", problem_id)
             lines.append(f'<tr><td class="id">{esc(problem_id)}</td><td>{number(first)}</td><td>{number(last)}</td>'
                          f"{change(first, last)}</tr>\n")
-        out.append(side_by_side("<tr><th>problem</th><th>before</th><th>after</th><th>change</th></tr>\n", lines, 230))
+        out.append(side_by_side("<tr><th>problem</th><th>before</th><th>after</th><th>change</th></tr>\n", lines, 230)
+                   + "</details>\n")
     return "".join(out)
 
 
@@ -325,7 +331,8 @@ def step_section(row: dict, open_: bool) -> str:
     head = (f"step {row['step']} of {row['steps']}: {len(row['rollouts'])} of its {row['scored']} scored rollouts; "
             f"problems after it: {stages}")
     body = "".join(render_rollout(rollout, row) for rollout in row["rollouts"])
-    return f'<details class="step"{" open" if open_ else ""}><summary>{esc(head)}</summary>\n{body}</details>\n'
+    return (f'<details class="step" id="step-{row["step"]}"{" open" if open_ else ""}><summary>{esc(head)}</summary>\n'
+            f"{body}</details>\n")
 
 
 def code_lines(prefix: str, pieces: list[str], kept: list[int]) -> list[list[tuple[str, str]]]:

@@ -290,9 +290,13 @@ def variety_line(split: str, before: dict, after: dict) -> str | None:
         return None
     if not (after["pass@k"][largest] < before["pass@k"][largest] and after["pass@1"] > before["pass@1"]):
         return None
+    def within(k: str, value: float) -> bool:  # the earlier estimate inside the later one's 95% interval
+        interval = after.get("ci95", {}).get(f"pass@{k}")
+        return interval is not None and interval[0] <= value <= interval[1]
+    inside = within("1", before["pass@1"]) and within(largest, before["pass@k"][largest])
     return (f"  {split:5s} pass@{largest} fell while pass@1 rose: the policy became surer of the programs it writes, "
             f"trading variety for accuracy (more of its samples are right, but fewer problems get one right among "
-            f"{largest} tries)")
+            f"{largest} tries)" + ("; both changes are inside the 95% intervals, so they may be noise" if inside else ""))
 
 
 def weighted_mean(pairs: list[tuple[float, float]]) -> float:
@@ -304,27 +308,28 @@ def reward_lines(rows: list[dict]) -> list[str]:
     """The rollouts' reward (Eq. 3), first 5 -> last 5 steps where any, read with the stage it was earned at:
     with CCCS a step's mean mixes stages, and falls as prompts lose their canonical prefixes (metrics
     reward_stage0 and stage0_share; a run logged before them: the mean alone)."""
+    n = max(1, min(5, len(rows) // 2))  # a short run: its first and last halves
     every = [(row["reward_mean"], 1.0) for row in rows]
-    overall = (f"{weighted_mean(every[:5]):+.3f} -> {weighted_mean(every[-5:]):+.3f}")
+    overall = f"{weighted_mean(every[:n]):+.3f} -> {weighted_mean(every[-n:]):+.3f}"
     if any(row.get("stage0_share") is None for row in rows):
-        return [f"rollout reward, first 5 -> last 5 steps: {overall}; stages now {rows[-1]['stage_hist']}"]
+        return [f"rollout reward, first {n} -> last {n} steps: {overall}; stages now {rows[-1]['stage_hist']}"]
     if all(row["stage0_share"] == 1 for row in rows):
-        return [f"rollout reward (Eq. 3; every rollout at plain generation), first 5 -> last 5 steps: {overall}"]
+        return [f"rollout reward (Eq. 3; every rollout at plain generation), first {n} -> last {n} steps: {overall}"]
     plain = [(row["reward_stage0"], row["stage0_share"]) for row in rows if row["stage0_share"] > 0]
     prefixed = [((row["reward_mean"] - row["stage0_share"] * (row["reward_stage0"] or 0.0)) / (1 - row["stage0_share"]),
                  1 - row["stage0_share"]) for row in rows if row["stage0_share"] < 1]
-    lines = ["rollout reward (Eq. 3) by the stage it was earned at, first 5 -> last 5 steps where any:"]
+    lines = [f"rollout reward (Eq. 3) by the stage it was earned at, first {n} -> last {n} steps where any:"]
     if plain:
         lines.append(f"  stage 0, plain generation (the whole program; the problems there grow from those that "
                      f"passed their completion stages to all): "
-                     f"{weighted_mean(plain[:5]):+.3f} -> {weighted_mean(plain[-5:]):+.3f}")
+                     f"{weighted_mean(plain[:n]):+.3f} -> {weighted_mean(plain[-n:]):+.3f}")
     if prefixed:
         lines.append(f"  stages >= 1 (a canonical prefix gave part of the program): "
-                     f"{weighted_mean(prefixed[:5]):+.3f} -> {weighted_mean(prefixed[-5:]):+.3f}")
+                     f"{weighted_mean(prefixed[:n]):+.3f} -> {weighted_mean(prefixed[-n:]):+.3f}")
     shares = [row["stage0_share"] for row in rows]
-    lines.append(f"  all stages: {overall}, while the share of rollouts at stage 0 went {sum(shares[:5]) / len(shares[:5]):.2f} "
-                 f"-> {sum(shares[-5:]) / len(shares[-5:]):.2f}: this mean mixes stages, so it falls as prompts lose "
-                 f"their prefixes even while the policy improves; pass@1 above, on fixed problems, measures progress; "
+    lines.append(f"  all stages: {overall}, while the share of rollouts at stage 0 went {sum(shares[:n]) / n:.2f} -> "
+                 f"{sum(shares[-n:]) / n:.2f}: this mean mixes stages, and falls as prompts lose their prefixes whatever "
+                 f"the policy learns; pass@1 above, on fixed problems, measures progress; "
                  f"stages now {rows[-1]['stage_hist']}")
     return lines
 
