@@ -5,7 +5,8 @@ what a step prints, and the summary at the end. Plumbing of stepcoder.py, not th
 
 A run directory holds config.json, metrics.jsonl (one row per PPO step), eval_step<N>.json, checkpoint/
 (the LoRA adapter as peft saves it, value head, optimizer, curriculum and RNG state), for `tiny` the
-warm-started base model in base/, curves.png (with matplotlib) and, with --tensorboard, event files.
+warm-started base model in base/, curves.png (with matplotlib), rollouts.jsonl and rollouts.html (the rollouts
+page: support/page.py) and, with --tensorboard, event files.
 """
 from __future__ import annotations
 
