@@ -198,7 +198,7 @@ def page_parts(run_dir: Path):
         yield ("<p>Steps: " + " &middot; ".join(f'<a href="#step-{row["step"]}">{row["step"]}</a>' for row in rows)
                + '<span class="muted"> (the first and the last are open; click a step to open it)</span></p>\n')
     for n, row in enumerate(rows):
-        yield step_section(row, open_=n in (0, len(rows) - 1))
+        yield step_section(row, opened=n in (0, len(rows) - 1))
     yield "</body></html>\n"
 
 
@@ -323,7 +323,7 @@ def side_by_side(header: str, lines: list[str], width: int) -> str:
     return '<div class="tables">' + "\n".join(parts) + "</div>\n"
 
 
-def step_section(row: dict, open_: bool) -> str:
+def step_section(row: dict, opened: bool) -> str:
     histogram = {}
     for stage in row["stages"].values():
         histogram[stage] = histogram.get(stage, 0) + 1
@@ -331,7 +331,7 @@ def step_section(row: dict, open_: bool) -> str:
     head = (f"step {row['step']} of {row['steps']}: {len(row['rollouts'])} of its {row['scored']} scored rollouts; "
             f"problems after it: {stages}")
     body = "".join(render_rollout(rollout, row) for rollout in row["rollouts"])
-    return (f'<details class="step" id="step-{row["step"]}"{" open" if open_ else ""}><summary>{esc(head)}</summary>\n'
+    return (f'<details class="step" id="step-{row["step"]}"{" open" if opened else ""}><summary>{esc(head)}</summary>\n'
             f"{body}</details>\n")
 
 
@@ -368,16 +368,16 @@ def render_rollout(rollout: dict, row: dict) -> str:
     compiled = status != "compile_error"
     n_prefix = len(rollout["prefix"].splitlines())
     lines = []
-    for number_, pieces in enumerate(code_lines(rollout["prefix"], rollout["pieces"], kept), 1):
+    for line_number, pieces in enumerate(code_lines(rollout["prefix"], rollout["pieces"], kept), 1):
         source = "".join(text for text, _ in pieces)
         blank = not compiled or source.strip()[:1] in ("", "#")
-        coverage = "ran" if number_ in executed else "blank" if blank else "never"
+        coverage = "ran" if line_number in executed else "blank" if blank else "never"
         label = {"ran": "ran", "never": "never ran", "blank": ""}[coverage]
         text = "".join(f'<span class="newline">&#8629;</span>' if kind == "newline"
                        else f'<span class="{kind}">{esc(part)}</span>' if kind != "kept" else esc(part)
                        for part, kind in pieces)
-        prompt = " prompt" if number_ <= n_prefix else ""
-        lines.append(f'<div class="ln {coverage}{prompt}"><span class="no">{number_}</span>'
+        prompt = " prompt" if line_number <= n_prefix else ""
+        lines.append(f'<div class="ln {coverage}{prompt}"><span class="no">{line_number}</span>'
                      f'<span class="cov">{label}</span><span class="text">{text}</span></div>')
     notes = []  # (HTML)
     if not compiled:
