@@ -68,10 +68,11 @@ def chosen_rows(rewards: list[float], count: int, seed: int, step: int) -> list[
 
 
 def rollout_record(problem, stage: int, ceiling: int | None, prefix: str, pieces: list[str], kept: list[float],
-                   result, why: str) -> dict:
+                   result, why: str, program: str | None = None) -> dict:
     """One rollout as plain data: the problem, its stage and the schedule's ceiling (None: no schedule), the
-    canonical prefix, the generated tokens' text with FGO's kept (1) / masked (0) flag, and the sandbox's
-    verdict, reward, executed lines and first failing test (sandbox._first_failure, each text cut)."""
+    canonical prefix, the generated tokens' text with FGO's kept (1) / masked (0) flag, the lines of the program
+    the sandbox ran (`program`, default: prefix + tokens; a chat model's last token may hold the closing fence),
+    and the sandbox's verdict, reward, executed lines and first failing test (sandbox._first_failure, cut)."""
     failure = sandbox._first_failure(result, problem.tests)
     if failure is not None:
         failure = {key: sandbox._cut(value) if isinstance(value, str) else value for key, value in failure.items()}
@@ -80,6 +81,7 @@ def rollout_record(problem, stage: int, ceiling: int | None, prefix: str, pieces
             failure["stderr"] = traceback[-sandbox.SHOWN:]
     return {"why": why, "problem_id": problem.problem_id, "difficulty": problem.difficulty, "stage": stage,
             "ceiling": ceiling, "prefix": prefix, "pieces": pieces, "kept": [int(k) for k in kept],
+            "program_lines": len((prefix + "".join(pieces) if program is None else program).splitlines()),
             "status": result.status, "reward": result.reward, "passed": result.passed, "total": result.total,
             "executed_lines": sorted(result.executed_lines), "coverage_complete": result.coverage_complete,
             "error": result.error[-sandbox.SHOWN:], "first_failure": failure}
@@ -99,7 +101,7 @@ def record_step(run_dir: Path, step: int, rollouts, results: list, b_fgo, cccs, 
         completion_stages = len(cccs.prefixes[problem.problem_id]) - 1
         ceiling = curriculum.stage_ceiling(completion_stages, step, first_plain) if scheduled else None
         shown.append(rollout_record(problem, rollouts.stages[i], ceiling, rollouts.prefixes[i], pieces,
-                                    b_fgo[i, :len(ends)].tolist(), results[i], why))
+                                    b_fgo[i, :len(ends)].tolist(), results[i], why, rollouts.programs[i]))
     line = {"step": step, "steps": cfg.steps, "first_plain": first_plain, "cccs": cccs.enabled, "fgo": cfg.fgo,
             "scored": len(results), "stages": {str(pid): stage for pid, stage in cccs.stages.items()},
             "completion_stages": {str(pid): len(prefixes) - 1 for pid, prefixes in cccs.prefixes.items()},
@@ -370,7 +372,8 @@ def render_rollout(rollout: dict, row: dict) -> str:
     lines = []
     for line_number, pieces in enumerate(code_lines(rollout["prefix"], rollout["pieces"], kept), 1):
         source = "".join(text for text, _ in pieces)
-        blank = not compiled or source.strip()[:1] in ("", "#")
+        past = line_number > rollout.get("program_lines", line_number)  # after the program: not run
+        blank = not compiled or past or source.strip()[:1] in ("", "#")
         coverage = "ran" if line_number in executed else "blank" if blank else "never"
         label = {"ran": "ran", "never": "never ran", "blank": ""}[coverage]
         text = "".join(f'<span class="newline">&#8629;</span>' if kind == "newline"

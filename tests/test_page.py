@@ -84,7 +84,7 @@ def step_data(problems, rewards: list[float]):
     n = len(rewards)
     ends = [sum(len(p) for p in PIECES[:k + 1]) for k in range(len(PIECES))]
     rollouts = SimpleNamespace(problems=[problems[0]] * n, stages=[1] * n, prefixes=[PREFIX] * n,
-                               texts=["".join(PIECES)] * n, token_ends=[ends] * n)
+                               texts=["".join(PIECES)] * n, token_ends=[ends] * n, programs=[PREFIX + "".join(PIECES)] * n)
     results = [ExecResult(**{**known_result().__dict__, "reward": reward}) for reward in rewards]
     b_fgo = torch.tensor([KEPT + [0.0, 0.0]] * n)  # (N, G): two padding columns after the actions
     return rollouts, results, b_fgo
