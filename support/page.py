@@ -103,8 +103,8 @@ def record_step(run_dir: Path, step: int, rollouts, results: list, b_fgo, cccs, 
         shown.append(rollout_record(problem, rollouts.stages[i], ceiling, rollouts.prefixes[i], pieces,
                                     b_fgo[i, :len(ends)].tolist(), results[i], why, rollouts.programs[i]))
     line = {"step": step, "steps": cfg.steps, "first_plain": first_plain, "cccs": cccs.enabled, "fgo": cfg.fgo,
-            "scored": len(results), "stages": {str(pid): stage for pid, stage in cccs.stages.items()},
-            "completion_stages": {str(pid): len(prefixes) - 1 for pid, prefixes in cccs.prefixes.items()},
+            "scored": len(results), "stages": {str(problem_id): stage for problem_id, stage in cccs.stages.items()},
+            "completion_stages": {str(problem_id): len(prefixes) - 1 for problem_id, prefixes in cccs.prefixes.items()},
             "rollouts": shown}
     with open(run_dir / ROWS, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
