@@ -62,6 +62,7 @@ from curriculum import FENCE, fit_prompt, is_chat
 from support import distributed, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
+from support.page import keep_page_until, record_step, write_page
 from support.runs import (Run, check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard,
                           plot_run, recover_checkpoint, save_checkpoint, show_rollouts, summary)
 
@@ -546,6 +547,7 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
         b_mask, b_fgo = action_masks(rollouts, results, agent.tok, cfg.fgo)
         if distributed.is_main():
             show_rollouts(rollouts, results, b_fgo, cfg.show_rollouts)
+            record_step(run.dir, step, rollouts, results, b_fgo, cccs, cfg)  # RUN/rollouts.html
         # 5-6. Log-probs over the update's minibatches, then the advantages: PPO's (values, KL-penalised rewards,
         #      GAE) or, with --algo grpo, GRPO's (each problem's samples a group; no values).
         started = time.time()
@@ -605,6 +607,7 @@ def train(cfg: Config):
             tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step,
                                          cfg.samples_per_problem, cfg.cccs, cfg.cccs_plain_fraction))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
+            keep_page_until(run.dir, start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():
             run_evaluation(agent, evals, cfg, run, 0)  # (--steps 0: the warm start alone)
@@ -616,6 +619,7 @@ def train(cfg: Config):
                           f"continue with: python3 stepcoder.py --resume {run.dir}") from None
     if distributed.is_main():
         plot_run(run.dir)
+        write_page(run.dir)  # after the last evaluation
         tqdm.write(summary(run.dir, time.time() - started))
     distributed.finish()
     return run.dir, agent.policy, agent.value_head

@@ -42,6 +42,8 @@ class Config:
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard event files into the run directory (pip install tensorboard)"})
     show_rollouts: int = field(default=0, metadata={"help": "print this many scored rollouts per step: prefix, code with FGO-masked tokens marked, verdict"})
+    page_rollouts: int = field(default=4, metadata={"help": "rollouts per logged step on the run's page, RUN/rollouts.html (support/page.py): the best, the worst and the rest at random; 0: no page"})
+    page_every: int = field(default=5, metadata={"help": "the page logs step 1, every N-th step and the last (5: under 2 MB at the defaults, 100 steps, even were every rollout shown 1024 tokens long; tiny: 1)"})
     eval: bool = field(default=False, metadata={"help": "pass@1 on --data (sampled and greedy) and --test-data (greedy; --eval-test-sampled: also sampled) after the warm start and at the end (tiny: on)"})
     seed: int = field(default=0, metadata={"help": "random seed of RL: problem draws, sampling, adapter init"})
     # --- SFT warm start ------------------------------------------------------------------
@@ -98,7 +100,7 @@ class Config:
 # - rows_per_forward 2: on a CPU a forward's time is arithmetic, and a random batch of warm-start rows is
 #   much padding.
 TINY_DEFAULTS = dict(gradient_checkpointing=False, sft_steps=300, sft_lr=3e-3, max_new_tokens=160, max_prompt_tokens=512,
-                     steps=30, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
+                     steps=30, page_every=1, lr=2e-4, problems_per_step=16, samples_per_problem=2, temperature=0.5, lam=1.0,
                      minibatch_size=8, rows_per_forward=2, gen_batch_size=64, timeout=2.0, lora_r=16,
                      eval=True, eval_temperature=0.5, eval_top_p=0.9, eval_samples=8)
 TINY_MARKER = "stepcoder-tiny.json"  # written into a warm-started tiny base: `--model RUN/base` is tiny too
@@ -154,7 +156,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 
 RESUME_FLAGS = ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts", "tensorboard",
-                "memory_plan")
+                "memory_plan", "page_rollouts", "page_every")
 
 
 def defaults_for(model: str) -> dict:
@@ -186,8 +188,8 @@ def check_config(cfg: Config) -> None:
     """Bad values, missing files and missing packages: one line (UsageError), before anything is written."""
     for name in ("steps", "sft_steps", "problems_per_step", "samples_per_problem", "gen_batch_size",
                  "max_new_tokens", "ppo_epochs", "minibatch_size", "rows_per_forward", "save_every", "lora_r",
-                 "eval_samples"):
-        least = 0 if name in ("steps", "sft_steps", "rows_per_forward") else 1
+                 "eval_samples", "page_rollouts", "page_every"):
+        least = 0 if name in ("steps", "sft_steps", "rows_per_forward", "page_rollouts") else 1
         if getattr(cfg, name) < least:
             raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {getattr(cfg, name)}")
     for name, choices in (("sampler", ("merged", "policy")), ("quantize", ("auto", "nf4", "none")), ("algo", ("ppo", "grpo"))):

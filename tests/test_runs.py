@@ -57,6 +57,8 @@ def test_an_interrupted_run_resumes_exactly_and_its_metrics_hold_each_step_once(
     assert state_a["state"][0]["step"] == state_b["state"][0]["step"]
     progress = [json.loads((r / "checkpoint" / "progress.json").read_text()) for r in (straight, run)]
     assert progress[0] == progress[1]
+    pages = [(r / "rollouts.jsonl").read_text().splitlines() for r in (straight, run)]  # the rollouts page's steps:
+    assert [json.loads(line)["step"] for line in pages[1]] == [1, 2, 3, 4] and pages[0] == pages[1]  # each once, the same
 
 
 def test_an_interrupted_warm_start_continues_from_its_checkpoint(tmp_path, monkeypatch):
@@ -245,3 +247,48 @@ def test_the_summary_counts_how_problems_reached_plain_generation(tmp_path):
     (tmp_path / "checkpoint" / "progress.json").write_text(json.dumps({"step": 3, "curriculum": curriculum_state}))
     assert ("problems at plain generation (stage 0): 1 moved there by the threshold, 2 by the schedule, 1 without "
             "completion stages; 1 of 5 still at completion stages") in runs.summary(tmp_path)
+
+
+def metrics_rows(rewards: list[float], stage0_rewards: list, shares: list[float]) -> str:
+    return "".join(json.dumps({"step": i + 1, "reward_mean": r, "reward_stage0": r0, "stage0_share": share,
+                               "stage_hist": {"0": 3}}) + "\n"
+                   for i, (r, r0, share) in enumerate(zip(rewards, stage0_rewards, shares)))
+
+
+def test_the_summary_leads_with_pass_at_1_and_reads_the_reward_by_stage(tmp_path):
+    # the default run's story: the mean reward falls as prompts lose their prefixes while pass@1 rises and pass@8
+    # falls; fails if the lead line, a stage's reward, or the words for pass@8 falling are missing or wrong
+    def report(pass1, pass8, interval):
+        return {"train": {"overall": {"pass@1": pass1, "greedy": pass1, "n": 66, "reward": 0.0, "samples": 8,
+                                      "pass@k": {"1": pass1, "8": pass8}, "ci95": {"pass@1": interval, "pass@8": [0.6, 0.8]}},
+                          "problems": {}}}
+    (tmp_path / "eval_step0.json").write_text(json.dumps(report(0.40, 0.697, [0.33, 0.47])))
+    (tmp_path / "eval_step10.json").write_text(json.dumps(report(0.45, 0.682, [0.38, 0.52])))
+    # steps 1-5: half at stage 0 (reward -0.2 there, +0.8 with a prefix); 6-10: all at stage 0, reward 0.0
+    (tmp_path / "metrics.jsonl").write_text(metrics_rows([0.3] * 5 + [0.0] * 5, [-0.2] * 5 + [0.0] * 5,
+                                                         [0.5] * 5 + [1.0] * 5))
+    lines = runs.summary(tmp_path).splitlines()
+    assert lines[1] == ("what RL is for, pass@1 at plain generation (no canonical prefix), step0 -> step10: "
+                        "train 0.400 [0.330, 0.470] -> 0.450 [0.380, 0.520] (up 0.050) ([95% intervals] over problems)")
+    assert any(line.startswith("  train pass@8 fell while pass@1 rose: the policy became surer") for line in lines)
+    at_stage0 = next(line for line in lines if line.startswith("  stage 0, plain generation"))
+    assert at_stage0.endswith(": -0.200 -> +0.000")
+    with_prefix = next(line for line in lines if line.startswith("  stages >= 1"))
+    assert with_prefix.endswith(": +0.800 -> +0.800")  # the last 5 steps with any prefixed rollouts: steps 1-5
+    every = next(line for line in lines if line.startswith("  all stages:"))
+    assert every.startswith("  all stages: +0.300 -> +0.000, while the share of rollouts at stage 0 went 0.50 -> 1.00")
+    (tmp_path / "eval_step10.json").write_text(json.dumps(report(0.45, 0.75, [0.38, 0.52])))
+    assert not any("fell while" in line for line in runs.summary(tmp_path).splitlines())  # pass@8 rose too
+
+
+def test_show_rollouts_colours_masked_tokens_on_a_terminal_and_marks_them_elsewhere(capsys):
+    from types import SimpleNamespace
+    result = SimpleNamespace(status="pass", reward=1.0, executed_lines=frozenset({1}))
+    coloured = runs.show_rollout(SimpleNamespace(problem_id=7), 0, "", ["a = 1", "\n# x"], [1.0, 0.0], result, colour=True)
+    assert coloured.splitlines()[2:] == ["   1 + a = 1", f"   2 + {runs.MASKED_ON}# x{runs.MASKED_OFF}"]
+    assert "⟦" not in coloured
+    rollouts = SimpleNamespace(token_ends=[[5, 9]], texts=["a = 1\n# x"], problems=[SimpleNamespace(problem_id=7)],
+                               stages=[0], prefixes=[""])
+    runs.show_rollouts(rollouts, [result], torch.tensor([[1.0, 0.0]]), 1)  # captured: not a terminal
+    printed = capsys.readouterr().out
+    assert "   1 + a = 1⟦\n   2 + # x⟧" in printed and "\x1b[" not in printed

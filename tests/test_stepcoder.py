@@ -373,6 +373,9 @@ def test_cli_smoke_two_steps_writes_metrics_and_a_loadable_adapter(tmp_path):
     assert "step 2 | reward" in proc.stdout + proc.stderr  # the greppable line
     assert "pass@1 at stage 0, step0 -> step2:" in proc.stdout  # the summary at the end
     assert (run / "curves.png").stat().st_size > 1000  # the run's curves (matplotlib: requirements-dev)
+    page = (run / "rollouts.html").read_text()  # the rollouts page: both steps, after the last evaluation
+    assert "<summary>step 2 of 2:" in page and "step0 -&gt; step2" in page and page.rstrip().endswith("</html>")
+    assert f"rollouts page: {run / 'rollouts.html'}" in proc.stdout
     assert json.loads((run / "eval_step2.json").read_text())["train"]["overall"]["n"] == 12
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
