@@ -316,7 +316,7 @@ def test_a_crash_while_the_curves_are_drawn_leaves_no_half_png(tmp_path, monkeyp
     assert not (tmp_path / "curves.png").exists() and "curves:" not in runs.summary(tmp_path)
 
 
-@pytest.mark.parametrize("left", ["as the crash left it", "unmarked base/, as runs before this left it"])
+@pytest.mark.parametrize("left", ["crashed", "unmarked"])  # base.tmp as the crash left it; an unmarked base/ (older runs)
 def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, monkeypatch, left):
     from transformers import PreTrainedTokenizerFast
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
@@ -330,7 +330,7 @@ def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, m
             stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path / "b", "--steps", "0", "--no-eval")))
     run = tmp_path / "b" / "run"
     assert not (run / "base").exists()  # the base is whole or absent
-    if left.startswith("unmarked"):
+    if left == "unmarked":
         (run / "base.tmp").rename(run / "base")
     stepcoder.train(stepcoder.parse_config(["--resume", str(run)]))
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("base")) == ["base"]
