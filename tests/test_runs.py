@@ -293,6 +293,7 @@ def test_a_crash_while_an_evaluation_is_written_leaves_it_to_be_done(tmp_path, m
         crash_writing("eval_step3.json", m)
         with pytest.raises(Crash):
             stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 3)
+    assert not (tmp_path / "eval_step3.json").exists()  # never half of it
     assert runs.check_run_dir(cfg) == 3  # not finished: --resume evaluates step 3
     assert "run " in runs.summary(tmp_path)  # the summary reads the complete evaluations only
     (tmp_path / "eval_step3.json").write_text('{"train": {"ove')  # what a crash left before writes were atomic
