@@ -317,11 +317,17 @@ def test_a_crash_while_the_curves_are_drawn_leaves_no_half_png(tmp_path, monkeyp
     assert not (tmp_path / "curves.png").exists() and "curves:" not in runs.summary(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def straight_base(tmp_path_factory):
+    """The run directory of a warm start that nothing interrupted (tiny_args, --steps 0)."""
+    tmp = tmp_path_factory.mktemp("straight-base")
+    return stepcoder.train(stepcoder.parse_config(tiny_args(tmp, "--steps", "0", "--no-eval")))[0]
+
+
 @pytest.mark.parametrize("left", ["crashed", "unmarked"])  # base.tmp as the crash left it; an unmarked base/ (older runs)
-def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, monkeypatch, left):
+def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, monkeypatch, left, straight_base):
     from transformers import PreTrainedTokenizerFast
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    straight, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path / "a", "--steps", "0", "--no-eval")))
+    (tmp_path / "b").mkdir()
     with monkeypatch.context() as m:
         def dying(tok, directory, *args, **kwargs):
             (Path(directory) / "tokenizer.json").write_text("{")
@@ -337,7 +343,7 @@ def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, m
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("base")) == ["base"]
     assert (run / "base" / config.TINY_MARKER).is_file()
     from safetensors.torch import load_file
-    rebuilt, expected = (load_file(r / "base" / "model.safetensors") for r in (run, straight))
+    rebuilt, expected = (load_file(r / "base" / "model.safetensors") for r in (run, straight_base))
     assert all(torch.equal(rebuilt[k], expected[k]) for k in expected)  # the same warm start, again
 
 
