@@ -41,6 +41,7 @@ import math
 import random
 import sys
 from collections import Counter
+from fractions import Fraction
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -171,31 +172,38 @@ class Curriculum:
 
 def plain_from(steps: int, plain_fraction: float) -> int:
     """The first step at which every problem is at plain generation: the last ceil(plain_fraction * steps)
-    steps of the run are (plain_fraction 0: no schedule, steps + 1)."""
-    return steps - math.ceil(plain_fraction * steps) + 1
+    steps of the run are (plain_fraction 0: no schedule, steps + 1). Exact: the fraction as written (0.28 is
+    7/25; the float 0.28 * 25 is 7.000000000000001)."""
+    return steps - math.ceil(Fraction(str(plain_fraction)) * steps) + 1
 
 
 def stage_ceiling(k: int, step: int, first_plain: int) -> int:
     """The highest stage a problem with k completion stages may be at during `step`: k at step 1, falling
-    linearly to 0 at `first_plain`, and 0 from there on."""
+    linearly to 0 at `first_plain`, and 0 from there on (ceil of k (first_plain - step) / (first_plain - 1),
+    in integers)."""
     if step >= first_plain:
         return 0
-    return math.ceil(k * (first_plain - step) / (first_plain - 1))
+    return -(-k * (first_plain - step) // (first_plain - 1))
 
 
 def budget(n_problems: int, steps: int, problems_per_step: int, samples_per_problem: int, cccs: bool,
-           plain_fraction: float) -> str:
-    """The run's budget in one line: problems, rollouts, visits per problem, when plain generation starts."""
+           plain_fraction: float, start: int = 0, all_plain: bool = False) -> str:
+    """The run's budget in one line: problems, rollouts, visits per problem, when plain generation starts. A
+    resumed run's (`start`: its checkpoint's step; `cccs`, `plain_fraction`: its curriculum's; `all_plain`: every
+    problem at stage 0 there) counts the steps left and says what its curriculum will do."""
     per_step = min(problems_per_step, n_problems)
-    visits = steps * per_step / n_problems
-    line = (f"budget: {n_problems} problems, {steps} PPO steps x {per_step} problems x {samples_per_problem} samples = "
-            f"{steps * per_step * samples_per_problem} rollouts; each problem visited {visits:.1f} times "
-            f"({visits * samples_per_problem:.1f} rollouts)")
+    left = steps - start
+    visits = left * per_step / n_problems
+    line = (f"budget: {n_problems} problems, {left} PPO steps{f' (steps {start + 1}-{steps})' if start else ''} x "
+            f"{per_step} problems x {samples_per_problem} samples = {left * per_step * samples_per_problem} rollouts; "
+            f"each problem visited {visits:.1f} times ({visits * samples_per_problem:.1f} rollouts)")
     if not cccs:
         return line + "; CCCS off: plain generation throughout"
+    if all_plain:
+        return line + "; every problem at plain generation already"
     if plain_fraction == 0:
         return line + "; CCCS by the per-problem threshold alone (no schedule)"
-    first = plain_from(steps, plain_fraction)
+    first = max(plain_from(steps, plain_fraction), start + 1)  # (a checkpoint past it: the next step brings them)
     return line + f"; every problem at plain generation from step {first} (the last {steps - first + 1} steps)"
 
 

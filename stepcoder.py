@@ -63,8 +63,9 @@ from support import distributed, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.page import keep_page_until, record_step, write_page
-from support.runs import (Run, check_run_dir, keep_metrics_until, load_checkpoint, log_step, open_tensorboard,
-                          plot_run, recover_checkpoint, save_checkpoint, show_rollouts, summary)
+from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, interrupted, keep_metrics_until,
+                          load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint, restore_signals,
+                          save_checkpoint, show_rollouts, stopped, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -531,7 +532,7 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
     params = [p for group in optimizer.param_groups for p in group["params"]]
     by_id = {p.problem_id: p for p in problems}
     for step in range(start + 1, cfg.steps + 1):
-        run.progress["where"] = f"at step {step}"
+        run.progress.update(where=f"at step {step}", step=step)
         # 1-2. The schedule's ceiling lowers the stages training progress asks for; the step's problems are
         #      the next of the passes over the data, each samples_per_problem times: their CCCS prompts, then
         #      rollouts. Several ranks draw alike (one RNG and curriculum, the same on all), each takes its share.
@@ -558,19 +559,20 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
         # 7. PPO update: a few epochs over the minibatches (GRPO: the KL a loss term, no value loss).
         stats = ppo_update(agent.policy, agent.value_head, optimizer, params, b, minibatches, cfg, agent.scaler)
         seconds["t_update"] = time.time() - started
-        # 8. Log and checkpoint.
+        # 8. Log and checkpoint; after Ctrl-C or SIGTERM, checkpoint this step and stop (support/runs.py).
         metrics = step_metrics(step, rollouts, scored, b, stats, cccs, seconds)
         if distributed.is_main():
             log_step(run.dir, metrics, run.tensorboard)
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save_checkpoint(run.dir, agent.policy, agent.value_head, optimizer, cccs, step, rng)
-                run.progress["saved"] = f"step {step}"
+        save = partial(save_checkpoint, run.dir, agent.policy, agent.value_head, optimizer, cccs, step, rng)
+        if end_step(run, step, step % cfg.save_every == 0 or step == cfg.steps, save):
+            return
 
 
 def train(cfg: Config):
-    """The whole run; returns (run directory, policy, value head) for tests and notebooks. Ctrl-C raises
-    Interrupted, which says where the run stopped and how to continue it. Under torchrun each process is
-    one data-parallel rank (support/distributed.py): rank 0 alone writes the run directory and prints."""
+    """The whole run; returns (run directory, policy, value head) for tests and notebooks. Ctrl-C and SIGTERM
+    raise Interrupted, which says where the run stopped and how to continue it: in the PPO loop after the
+    step in progress, saved (support/runs.py: catch_stop_signals). Under torchrun each process is one
+    data-parallel rank (support/distributed.py): rank 0 alone writes the run directory and prints."""
     started = time.time()
     quiet_libraries()
     problems = curriculum.load_problems(cfg.data)
@@ -586,6 +588,7 @@ def train(cfg: Config):
     distributed.barrier()
     start = check_run_dir(cfg)
     run = Run(Path(cfg.out), progress={"where": "while loading the model", "saved": "none"})
+    handlers = catch_stop_signals(run)
     resuming = bool(cfg.resume) and (run.dir / "checkpoint").exists()
     distributed.barrier()  # every rank has read the run directory before rank 0 writes into it
     if start and distributed.is_main():
@@ -604,19 +607,24 @@ def train(cfg: Config):
         distributed.own_rng()  # rank r > 0: its own sampling stream (support/distributed.py says how)
         run.progress["saved"] = f"step {start}"
         if distributed.is_main():
-            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step,
-                                         cfg.samples_per_problem, cfg.cccs, cfg.cccs_plain_fraction))
+            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
+                                         cccs.enabled, cccs.plain_fraction, start, set(cccs.stages.values()) == {0}))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
             keep_page_until(run.dir, start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():
             run_evaluation(agent, evals, cfg, run, 0)  # (--steps 0: the warm start alone)
+        run.stepping = True  # a signal now stops the run after the step in progress, saved
         ppo_loop(cfg, agent, optimizer, cccs, problems, rng, run, start)
+        run.stepping = False
+        if run.stop:
+            raise stopped(run)
         if cfg.eval and cfg.steps > 0:
             run_evaluation(agent, evals, cfg, run, cfg.steps)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted {run.progress['where']} (last checkpoint: {run.progress['saved']}); "
-                          f"continue with: python3 stepcoder.py --resume {run.dir}") from None
+        raise interrupted(run) from None
+    finally:
+        restore_signals(handlers)
     if distributed.is_main():
         plot_run(run.dir)
         write_page(run.dir)  # after the last evaluation
@@ -746,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         if distributed.is_main():
             print(f"stepcoder: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
     except NotImplementedError as e:  # a student handout's exercise not written yet (docs/ASSIGNMENTS.md)
         if not str(e).startswith("exercise "):
             raise

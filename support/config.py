@@ -117,7 +117,11 @@ class UsageError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: one line saying where the run stopped and how to continue it, exit code 130."""
+    """Ctrl-C or SIGTERM: one line saying where the run stopped and how to continue it; exit code 128 + the
+    signal (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process the signal ended."""
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def is_tiny(model: str) -> bool:
@@ -132,7 +136,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parse_config(argv: list[str] | None = None) -> Config:
     """Every Config field is a flag (a boolean X: --X and --no-X); `--model tiny` changes the defaults the
-    user did not set; `--resume DIR` takes the run's saved config, with the few flags that may change."""
+    user did not set; `--resume DIR` takes the run's saved config, with the few flags that may change: every
+    saved setting counts as given (cfg.given), so that the run continues with the settings it ran with."""
     parser = ArgumentParser(description="StepCoder, small: PPO + CCCS + FGO.", argument_default=argparse.SUPPRESS,
                             epilog=f"--model tiny changes these defaults: {TINY_DEFAULTS}; and "
                                    f"deepseek-coder-6.7b these: {MODEL_DEFAULTS['deepseek-coder-6.7b']}")
@@ -144,15 +149,17 @@ def parse_config(argv: list[str] | None = None) -> Config:
             parser.add_argument(flag, type={"int": int, "float": float}.get(f.type, str),
                                 help=f"{f.metadata['help']} (default: {f.default!r})")
     given = vars(parser.parse_args(argv))
-    if given.get("resume"):
+    if given.get("resume"):  # the run's settings are the user's own: the memory plan keeps or refuses them
         given = {k: v for k, v in given.items() if k in RESUME_FLAGS}
-        cfg = Config(**{**saved_config(given["resume"]), **given})
+        saved = saved_config(given["resume"])
+        cfg = Config(**{**saved, **given})
+        given = {**saved, **given}
     else:
         cfg = Config(**{**defaults_for(given.get("model", Config.model)), **given})
     check_config(cfg)
     cfg.out = cfg.resume or cfg.out or f"runs/{Path(cfg.model).name}"
-    cfg.given = frozenset(given)  # the flags the user gave (not a field: not a flag, not saved): the memory plan
-    return cfg                    # at start changes only the others (support/memory.py)
+    cfg.given = frozenset(given)  # the flags the user gave, a resumed run's saved ones too (not a field: not a
+    return cfg                    # flag, not saved): the memory plan changes only the others (support/memory.py)
 
 
 RESUME_FLAGS = ("steps", "eval", "eval_test_sampled", "save_every", "test_data", "resume", "show_rollouts", "tensorboard",

@@ -8,9 +8,10 @@ before the weights load: `check_gpu`), `stepcoder.py --memory-plan` and `bench/g
 What it does: `budget` counts each term of the peak (its docstring says how); `fit` finds the settings that
 fit some free memory: the policy samples instead of a 16-bit copy, then the larger phase shrinks (generation:
 half the --gen-batch-size; the update: gradient checkpointing, then half the --minibatch-size); a flag the
-user gave never changes. At start on CUDA (`check`): settings that fit run as they are; defaults that do
-not are changed, in one line; the user's flags that do not fit stop the run: one line naming the planned
-peak, the free memory and the flags that would fit (UsageError, exit 2).
+user gave never changes, nor, on --resume, any setting the run saved. At start on CUDA (`check`): settings
+that fit run as they are; defaults that do not are changed, in one line; the user's flags that do not fit
+stop the run: one line naming the planned peak, the free memory and the flags that would fit (UsageError,
+exit 2).
 
 What it is not: a measurement. The one measured row (1.3B, policy sampling without checkpointing, on
 2026-11-28: 22.6 GiB allocated) was about 2x its estimate (10.7 GiB), mostly the update's activations, which
@@ -156,7 +157,8 @@ def peak(arch: dict, cfg: Config, changes: dict | None = None) -> float:
 def check(cfg: Config, free_gib: float, gpu: str = "this GPU") -> str:
     """The plan against a GPU's free memory, before the weights load -> one line to print ("" without a plan).
     Settings that do not fit: the defaults are changed in cfg to the ones `fit` picks; if that would change a
-    flag the user gave (cfg.given), UsageError naming the planned peak, the free memory and the flags that fit."""
+    flag the user gave (cfg.given: on --resume every saved setting), UsageError naming the planned peak, the free
+    memory and the flags that fit."""
     arch = architecture(cfg.model)
     if arch is None:
         return ""
@@ -173,6 +175,10 @@ def check(cfg: Config, free_gib: float, gpu: str = "this GPU") -> str:
     anyway = fit(arch, cfg, free_gib)
     would = (f"{flags(anyway)} would fit ({peak(arch, cfg, anyway):.1f} GiB)" if anyway is not None else
              "no settings fit it: a GPU with more free memory, or fewer --max-new-tokens")
+    if cfg.resume:  # its settings are the run's: changing them would not continue it as it ran
+        would = (f"--resume {cfg.resume} keeps the run's settings: a GPU with more free memory, or a new run ("
+                 + (f"{flags(anyway)} would fit, {peak(arch, cfg, anyway):.1f} GiB)" if anyway is not None
+                    else "no settings fit it)"))
     raise UsageError(f"memory plan: these settings need {planned:.1f} GiB on paper (+ {HEADROOM_GIB:g} GiB headroom), "
                      f"{where}: {would}")
 

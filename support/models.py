@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -82,8 +83,8 @@ def load_agent(cfg: Config, sft_problems: list, run: Run, device, resuming: bool
         tok, base = load_base(cfg.model, cfg, device, tiny=is_tiny(cfg.model))
     if distributed.is_main():
         prepare_run_dir(cfg)
-    if cfg.model == "tiny":
-        if distributed.is_main() and not (run.dir / "base").exists():  # rank 0 builds it, every rank loads it
+    if cfg.model == "tiny":  # rank 0 builds it (a base a crash left unfinished: again), every rank loads it
+        if distributed.is_main() and not (run.dir / "base" / TINY_MARKER).is_file():
             run.progress.update(warm_starting)
             tok, model = build_tiny(sft_problems, cfg.sft_seed)
             warm_start(model.to(device), tok, sft_problems, cfg, random.Random(cfg.sft_seed), device, sft_checkpoint)
@@ -128,10 +129,16 @@ def build_tiny(problems: list, seed: int):
 
 
 def save_tiny_base(model, tok, directory: Path, cfg: Config) -> None:
-    """The warm-started tiny model as a local model directory, marked so that `--model DIR` is tiny too."""
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    (directory / TINY_MARKER).write_text(json.dumps({"sft_seed": cfg.sft_seed, "sft_steps": cfg.sft_steps}))
+    """The warm-started tiny model as a local model directory, marked so that `--model DIR` is tiny too: written
+    to DIR.tmp, the marker last, then renamed, so that DIR is whole or absent (an unmarked DIR, which a crash
+    left before saves were atomic, is replaced)."""
+    temporary = directory.with_name(directory.name + ".tmp")
+    for leftover in (temporary, directory):
+        shutil.rmtree(leftover, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tok.save_pretrained(temporary)
+    (temporary / TINY_MARKER).write_text(json.dumps({"sft_seed": cfg.sft_seed, "sft_steps": cfg.sft_steps}))
+    temporary.rename(directory)
 
 
 def quiet_libraries() -> None:

@@ -1,5 +1,5 @@
 """A run's directory: checkpoints and resuming, metrics (JSON lines, TensorBoard, a PNG of the curves),
-what a step prints, and the summary at the end. Plumbing of stepcoder.py, not the method.
+what a step prints, the summary at the end, and Ctrl-C and SIGTERM. Plumbing of stepcoder.py, not the method.
 
     python3 -m support.runs runs/tiny        # the summary and curves.png of a run directory, again
 
@@ -7,13 +7,22 @@ A run directory holds config.json, metrics.jsonl (one row per PPO step), eval_st
 (the LoRA adapter as peft saves it, value head, optimizer, curriculum and RNG state), for `tiny` the
 warm-started base model in base/, curves.png (with matplotlib), rollouts.jsonl and rollouts.html (the rollouts
 page: support/page.py) and, with --tensorboard, event files.
+
+Whatever stops a run, its directory holds whole files: each is written under a temporary name and then
+renamed (`write_atomically`; checkpoint/ and base/ as folders), so a crash leaves a file complete or absent,
+and `--resume` continues from the newest complete state. The one file appended to, metrics.jsonl, may end in
+a line cut off by a kill: it is dropped, in one line (`read_metrics`). Ctrl-C or SIGTERM during a PPO step
+lets the step finish, saves it and stops; a second one stops at once, losing that step (`catch_stop_signals`).
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,29 +30,48 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from support.config import Config, UsageError
+from support import distributed
+from support.config import Config, Interrupted, UsageError
 
 
 @dataclass
 class Run:
-    """A run directory, and what Ctrl-C's one line says: where the run is and its last checkpoint."""
+    """A run directory, what Ctrl-C's one line says (where the run is, its last checkpoint), and the signals."""
     dir: Path
-    progress: dict            # {"where": ..., "saved": ...}
+    progress: dict            # {"where": ..., "saved": ..., "step": the PPO step in progress}
     tensorboard: Any = None   # a SummaryWriter with --tensorboard (rank 0), else None
+    stop: int = 0             # the signal (SIGINT, SIGTERM) that asked the run to stop; 0: none
+    stepping: bool = False    # inside the PPO loop: a first signal waits for the step's end
+    saving: bool = False      # a checkpoint is being written: no signal interrupts it
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`path` holds `text` whole, or what it held before: written to PATH.tmp, then renamed over `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's contents; None if it is missing or not whole (left by a run before writes were atomic)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_run_dir(cfg: Config) -> int:
     """Before anything loads: a new run never reuses a directory by accident, a resumed one has something
     left to do. -> the step of the run's checkpoint (0: none)"""
     run_dir = Path(cfg.out)
-    if not cfg.resume:
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+    if not cfg.resume:  # (a crash's temporary files alone do not make a run)
+        if run_dir.exists() and any(p.suffix != ".tmp" for p in run_dir.iterdir()) and not cfg.overwrite:
             raise UsageError(f"run directory {run_dir} exists: pass --resume {run_dir} to continue it, "
                              f"--overwrite to start again, or --out NEW_DIR")
         return 0
     progress = run_dir / "checkpoint" / "progress.json"
     step = json.loads(progress.read_text())["step"] if progress.exists() else 0
-    evaluated = not cfg.eval or (run_dir / f"eval_step{cfg.steps}.json").exists()
+    evaluated = not cfg.eval or read_json(run_dir / f"eval_step{cfg.steps}.json") is not None
     if step > cfg.steps or step == cfg.steps and evaluated and step > 0:
         raise UsageError(f"run {run_dir} is finished at step {step}: pass --resume {run_dir} --steps N with N > {step} "
                          f"to train it further")
@@ -58,7 +86,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     if run_dir.exists() and cfg.overwrite:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_atomically(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     return run_dir
 
 
@@ -113,10 +141,80 @@ def load_checkpoint(checkpoint: Path, value_head, optimizer, cccs, rng: random.R
 
 def keep_metrics_until(metrics: Path, step: int) -> None:
     """A resumed run appends to metrics.jsonl from its checkpoint's step on: rows written after that
-    checkpoint (an interrupted run's last steps) are dropped first, so no step appears twice."""
+    checkpoint (an interrupted run's last steps, a line cut off by a kill) are dropped first, so no step
+    appears twice."""
     if metrics.exists():
-        rows = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        metrics.write_text("".join(row + "\n" for row in rows))
+        kept = [line for line, row in metrics_lines(metrics) if row["step"] <= step]
+        write_atomically(metrics, "".join(line + "\n" for line in kept))
+
+
+def catch_stop_signals(run: Run) -> dict | None:
+    """Ctrl-C (SIGINT) and SIGTERM (what a cluster scheduler sends before it preempts a job), on every rank.
+    In the PPO loop (run.stepping) the first signal lets the step in progress finish: `end_step` saves it and
+    the run stops (Interrupted, exit 128 + the signal: 130, 143); a second one stops at once (KeyboardInterrupt),
+    losing that step, the previous checkpoint intact. While a checkpoint is written (run.saving) a signal waits
+    for the save's end. Elsewhere (loading, the warm start, an evaluation) a signal stops at once, its work
+    given up (the warm start and the evaluations keep what their own files hold). -> the handlers replaced,
+    for `restore_signals` (None outside the main thread, where Python cannot catch signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    def on_signal(signum, frame):
+        first = not run.stop
+        run.stop = run.stop or signum
+        if run.saving or (run.stepping and first):
+            if first and distributed.is_main():  # os.write: safe whatever the interrupted code was printing
+                step = run.progress.get("step")
+                again = "press Ctrl-C again" if signum == signal.SIGINT else "a second signal stops the run"
+                line = (f"stopping once the checkpoint of step {step} is written" if run.saving else
+                        f"stopping after step {step}, saved then; {again} to stop now, losing step {step}")
+                os.write(2, f"\nstepcoder: {signal_name(signum)}: {line}\n".encode())
+            return
+        raise KeyboardInterrupt
+    return {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def restore_signals(handlers: dict | None) -> None:
+    for signum, handler in (handlers or {}).items():
+        signal.signal(signum, handler)
+
+
+def end_step(run: Run, step: int, due: bool, save) -> bool:
+    """The end of a PPO step, on every rank: whether a signal asked the run to stop, the same answer on every
+    rank (any rank's signal stops them all, at this step); rank 0 calls `save` (the step's checkpoint) if it is
+    `due` or the run stops, no signal interrupting it; a signal during that save stops the run after it.
+    -> stop now (every rank has waited for the save)"""
+    stop = not distributed.agree(not run.stop)
+    if distributed.is_main() and (due or stop):
+        run.saving = True
+        try:
+            save()
+        finally:
+            run.saving = False
+        run.progress["saved"] = f"step {step}"
+    if due and not stop:
+        stop = not distributed.agree(not run.stop)
+    if stop:
+        run.stop = run.stop or signal.SIGTERM  # a rank the signal did not reach stops as one that it did
+        distributed.barrier()
+    return stop
+
+
+def interrupted(run: Run) -> Interrupted:
+    """The run stopped at once (KeyboardInterrupt: Ctrl-C, or a second signal): where, its last checkpoint, the
+    command that continues it."""
+    return Interrupted(f"interrupted {run.progress['where']} (last checkpoint: {run.progress['saved']}); "
+                       f"continue with: python3 stepcoder.py --resume {run.dir}", exit_code=128 + (run.stop or signal.SIGINT))
+
+
+def stopped(run: Run) -> Interrupted:
+    """The run stopped by a signal after a step, saved: where, and the command that continues it."""
+    return Interrupted(f"stopped by {signal_name(run.stop)} after step {run.progress.get('step')} (last "
+                       f"checkpoint: {run.progress['saved']}); continue with: python3 stepcoder.py --resume {run.dir}",
+                       exit_code=128 + run.stop)
 
 
 MASKED_ON, MASKED_OFF = "\x1b[2;9m", "\x1b[0m"  # a terminal's dim, struck-through text: FGO's masked tokens
@@ -193,7 +291,7 @@ def plot_run(run_dir: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run_dir, quiet=True)  # (the summary says what it dropped)
     if not rows:
         return None
     steps = [row["step"] for row in rows]
@@ -209,14 +307,31 @@ def plot_run(run_dir: Path) -> Path | None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
     figure.tight_layout()
-    figure.savefig(run_dir / "curves.png", dpi=90)
+    figure.savefig(run_dir / "curves.png.tmp", dpi=90, format="png")  # then renamed: whole or absent
     plt.close(figure)
+    (run_dir / "curves.png.tmp").replace(run_dir / "curves.png")
     return run_dir / "curves.png"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+def metrics_lines(path: Path, quiet: bool = False) -> list[tuple[str, dict]]:
+    """metrics.jsonl's lines with their rows. Its last line, if cut off (a kill, a full disk while it was
+    written), is dropped, in one line on stderr (unless quiet); a row that is not JSON before the end: UsageError."""
+    lines = [line for line in path.read_text().splitlines() if line] if path.exists() else []
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append((line, json.loads(line)))
+        except ValueError:
+            if number < len(lines):
+                raise UsageError(f"{path}: line {number} is not a JSON row; remove it to read the run") from None
+            if not quiet:
+                print(f"{path}: its last line was cut off (the run was killed while writing it): dropped",
+                      file=sys.stderr)
+    return parsed
+
+
+def read_metrics(run_dir: Path, quiet: bool = False) -> list[dict]:
+    return [row for _, row in metrics_lines(run_dir / "metrics.jsonl", quiet)]
 
 
 def summary(run_dir: Path, seconds: float | None = None) -> str:
@@ -225,7 +340,8 @@ def summary(run_dir: Path, seconds: float | None = None) -> str:
     pass@k fell while pass@1 rose, what that means), the rollouts' reward by the stage it was earned at, the
     curriculum, the time it took, and where its files are."""
     rows = read_metrics(run_dir)
-    evaluations = sorted(run_dir.glob("eval_step*.json"), key=lambda p: int(p.stem.removeprefix("eval_step")))
+    evaluations = sorted((p for p in run_dir.glob("eval_step*.json") if read_json(p) is not None),
+                         key=lambda p: int(p.stem.removeprefix("eval_step")))
     lines = [f"run {run_dir}: {rows[-1]['step'] if rows else 0} PPO steps" + (f" in {seconds / 60:.1f} min" if seconds else "")]
     if len(evaluations) >= 2:
         first, last = (json.loads(p.read_text()) for p in (evaluations[0], evaluations[-1]))
@@ -377,8 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (run_dir / "config.json").exists():
         print(f"support.runs: error: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
         return 2
-    plot_run(run_dir)
-    print(summary(run_dir))
+    try:
+        plot_run(run_dir)
+        print(summary(run_dir))
+    except UsageError as e:
+        print(f"support.runs: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 
@@ -497,3 +498,28 @@ def test_does_not_import_torch_or_transformers(module):
     code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def test_the_schedule_arithmetic_is_exact():
+    # the last ceil(f * steps) steps are plain, f as written (hundredths): integers only in the reference
+    for steps in range(1, 1001):
+        for hundredths in range(1, 100):
+            plain_steps = -(-hundredths * steps // 100)
+            assert curriculum.plain_from(steps, hundredths / 100) == steps - plain_steps + 1, (steps, hundredths)
+    assert curriculum.plain_from(25, 0.28) == 19  # 0.28 * 25 = 7.000000000000001 as floats
+    assert curriculum.plain_from(30, 0.25) == 23 and curriculum.plain_from(60, 0.25) == 46  # tiny, the demo
+    for k in range(1, 8):  # the ceiling: ceil(k (first - step) / (first - 1)), against Fraction
+        for first in range(2, 60):
+            for step in range(1, first):
+                assert curriculum.stage_ceiling(k, step, first) == math.ceil(Fraction(k * (first - step), first - 1))
+
+
+def test_the_budget_line_of_a_resumed_run_says_what_its_curriculum_will_do():
+    # a finished 30-step run trained to 60: every problem at stage 0 already (not "from step 46")
+    line = curriculum.budget(66, 60, 16, 2, True, 0.25, start=30, all_plain=True)
+    assert "30 PPO steps (steps 31-60) x 16 problems x 2 samples = 960 rollouts" in line
+    assert line.endswith("every problem at plain generation already")
+    assert curriculum.budget(66, 60, 16, 2, True, 0.25, start=10).endswith("from step 46 (the last 15 steps)")
+    assert curriculum.budget(66, 12, 16, 2, True, 0.25, start=10).endswith("from step 11 (the last 2 steps)")
+    # a checkpoint from before the schedule: its curriculum has none, whatever the flag says
+    assert curriculum.budget(66, 60, 16, 2, True, 0.0, start=10).endswith("threshold alone (no schedule)")

@@ -102,3 +102,31 @@ def test_an_uneven_split_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "3 problems per step do not split evenly over 2 processes" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+SIGTERM_RANK_1 = '''import os, signal, sys
+sys.path.insert(0, {root!r})
+import stepcoder
+from support import distributed
+real_generate, calls = stepcoder.generate, []
+def generate(*args):  # SIGTERM reaches rank 1 alone, in step 1
+    calls.append(1)
+    if distributed.rank() == 1 and len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_generate(*args)
+stepcoder.generate = generate
+sys.exit(stepcoder.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_saved(tmp_path):
+    script = tmp_path / "sigterm_rank_1.py"
+    script.write_text(SIGTERM_RANK_1.format(root=str(ROOT)))
+    args = tiny_args(tmp_path, "--steps", "3", "--no-eval", "--problems-per-step", str(PROBLEMS))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(RANKS),
+                           str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = tmp_path / "run"
+    assert proc.returncode != 0 and "step 1 (last checkpoint: step 1)" in proc.stderr, proc.stderr[-3000:]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 1  # rank 0 saved step 1
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]

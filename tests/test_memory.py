@@ -140,3 +140,39 @@ def test_memory_plan_prints_the_table_and_exits(tmp_path):
     assert "| generate: KV cache | 11.12 |" in text and "| peak (fixed + the larger phase) | 15.32 |" in text
     assert "24 GiB free: these settings (15.3 GiB)" in text and "16 GiB free: --gen-batch-size 8 (9.8 GiB)" in text
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def saved_run(tmp_path, **settings):
+    """A run directory as a 6.7B run's start leaves it: its config.json, with the settings it ran with."""
+    from dataclasses import asdict
+    cfg = config.Config(model="deepseek-coder-6.7b", data=str(ROOT / "data" / "train.json"), out=str(tmp_path),
+                        eval=False, **settings)
+    (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
+    return tmp_path
+
+
+@pytest.mark.parametrize("settings", [{"sampler": "policy", "gen_batch_size": 16},  # what 24 GiB gave it
+                                      {"sampler": "merged", "gen_batch_size": 32}])  # a larger GPU's
+def test_resume_keeps_the_runs_settings_or_stops_on_them(tmp_path, settings):
+    run = saved_run(tmp_path, **settings)
+    cfg = stepcoder.parse_config(["--resume", str(run)])
+    if settings["sampler"] == "policy":
+        assert "fits" in memory.check(cfg, 24, "a fake GPU")
+    with pytest.raises(config.UsageError) as e:  # 12 GiB free: the start would have changed them; a resume stops
+        memory.check(cfg, 12, "a fake GPU")
+    line = str(e.value)
+    assert "\n" not in line and "12.0 GiB free on a fake GPU" in line and f"--resume {run} keeps the run's settings" in line
+    assert "--gen-batch-size 8 would fit" in line
+    assert {name: getattr(cfg, name) for name in settings} == settings  # never changed
+
+
+def test_a_resume_that_does_not_fit_stops_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    run = saved_run(tmp_path, sampler="policy", gen_batch_size=16)
+    monkeypatch.setattr(stepcoder.distributed, "init", lambda: torch.device("cuda"))
+    monkeypatch.setattr(memory, "free_gib", lambda device: 12.0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a fake 12 GiB GPU")
+    before = {f: f.read_bytes() for f in run.rglob("*")}
+    assert stepcoder.main(["--resume", str(run)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "12.0 GiB free on a fake 12 GiB GPU" in lines[0] and "keeps the run's settings" in lines[0]
+    assert before == {f: f.read_bytes() for f in run.rglob("*")}

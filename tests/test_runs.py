@@ -1,5 +1,6 @@
-"""Runs that stop and go on: Ctrl-C, --resume, the warm start's checkpoints, finished runs, models that
-cannot be loaded, and the quick look from a saved tiny base."""
+"""Runs that stop and go on: Ctrl-C and SIGTERM, --resume, a crash while any file is written, a cut-off
+metrics line, the warm start's checkpoints, finished runs, models that cannot be loaded, and the quick look
+from a saved tiny base."""
 import json
 import os
 import random
@@ -96,7 +97,7 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
     assert before == {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
 
 
-def test_ctrl_c_prints_one_line_and_leaves_no_process(tmp_path):
+def test_ctrl_c_finishes_the_step_saves_it_says_so_and_leaves_no_process(tmp_path):
     args = tiny_args(tmp_path, "--steps", "50", "--no-eval")
     proc = subprocess.Popen([sys.executable, str(ROOT / "stepcoder.py"), *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -111,11 +112,15 @@ def test_ctrl_c_prints_one_line_and_leaves_no_process(tmp_path):
     stderr = proc.stderr.read()
     proc.wait(timeout=60)
     reader.join()
-    last = [line for line in stderr.splitlines() if line.startswith("stepcoder:")]
+    said = [line for line in stderr.splitlines() if line.startswith("stepcoder:")]
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert len(last) == 1 and re.fullmatch(rf"stepcoder: interrupted at step \d+ \(last checkpoint: step 0\); "
-                                           rf"continue with: python3 stepcoder.py --resume {tmp_path / 'run'}", last[0])
+    step = int(re.fullmatch(r"stepcoder: Ctrl-C: stopping after step (\d+), saved then; press Ctrl-C again to stop "
+                            r"now, losing step \1", said[0])[1])  # at once, then when the step is saved:
+    assert len(said) == 2 and said[1] == (f"stepcoder: stopped by Ctrl-C after step {step} (last checkpoint: step "
+                                          f"{step}); continue with: python3 stepcoder.py --resume {tmp_path / 'run'}")
+    assert json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())["step"] == step
+    assert [row["step"] for row in metrics(tmp_path / "run")][-1] == step
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):  # no process of the group is left (sandbox workers included)
         os.killpg(proc.pid, 0)
@@ -292,3 +297,203 @@ def test_show_rollouts_colours_masked_tokens_on_a_terminal_and_marks_them_elsewh
     runs.show_rollouts(rollouts, [result], torch.tensor([[1.0, 0.0]]), 1)  # captured: not a terminal
     printed = capsys.readouterr().out
     assert "   1 + a = 1⟦\n   2 + # x⟧" in printed and "\x1b[" not in printed
+
+
+# ------------------------------------------------ every file whole or absent, whatever stops the run (issue 41)
+
+def crash_writing(name: str, monkeypatch) -> None:
+    """Writing a file whose name starts with `name` dies half-way: half its text on disk, then Crash."""
+    real = Path.write_text
+    def dying(path, text, *args, **kwargs):
+        if Path(path).name.startswith(name):
+            real(path, text[: len(text) // 2])
+            raise Crash(f"while writing {path}")
+        return real(path, text, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", dying)
+
+
+def test_a_crash_while_config_json_is_written_leaves_a_directory_the_next_run_takes(tmp_path, monkeypatch):
+    cfg = stepcoder.parse_config(tiny_args(tmp_path, "--no-eval"))
+    with monkeypatch.context() as m:
+        crash_writing("config.json", m)
+        with pytest.raises(Crash):
+            runs.prepare_run_dir(cfg)
+    run = tmp_path / "run"
+    assert not (run / "config.json").exists()  # never half of it: `--resume` would read it
+    assert runs.check_run_dir(cfg) == 0  # the same command starts the run (the temporary file is no run)
+    runs.prepare_run_dir(cfg)
+    assert json.loads((run / "config.json").read_text())["seed"] == 1 and not (run / "config.json.tmp").exists()
+
+
+def test_a_crash_while_an_evaluation_is_written_leaves_it_to_be_done(tmp_path, monkeypatch):
+    run = runs.Run(tmp_path, progress={"where": "", "saved": "step 3"})
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "progress.json").write_text(json.dumps({"step": 3, "curriculum": {"enabled": False}}))
+    (tmp_path / "config.json").write_text("{}")
+    report = {"train": {"overall": {"pass@1": 0.5, "greedy": 0.5, "reward": 0.0, "n": 2}}}
+    monkeypatch.setattr(stepcoder, "refresh_sampler", lambda sampler, policy: None)
+    monkeypatch.setattr(stepcoder, "evaluate", lambda agent, problems, settings, tag: report["train"])
+    agent = models.Agent(tok=None, policy=None, value_head=None, sampler=None, device=torch.device("cpu"))
+    cfg = config.Config(out=str(tmp_path), resume=str(tmp_path), steps=3, eval=True)
+    stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 0)
+    with monkeypatch.context() as m:
+        crash_writing("eval_step3.json", m)
+        with pytest.raises(Crash):
+            stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 3)
+    assert not (tmp_path / "eval_step3.json").exists()  # never half of it
+    assert runs.check_run_dir(cfg) == 3  # not finished: --resume evaluates step 3
+    assert "run " in runs.summary(tmp_path)  # the summary reads the complete evaluations only
+    (tmp_path / "eval_step3.json").write_text('{"train": {"ove')  # what a crash left before writes were atomic
+    assert runs.check_run_dir(cfg) == 3 and "run " in runs.summary(tmp_path)
+    stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 3)
+    with pytest.raises(config.UsageError, match="finished at step 3"):
+        runs.check_run_dir(cfg)
+
+
+def test_a_crash_while_the_curves_are_drawn_leaves_no_half_png(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    row = {"step": 1, "reward_mean": 0.1, "pass_rate": 0.5, "kl": 0.01, "fgo_kept": 0.9, "stage_hist": {"0": 3}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    def dying(figure, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG\r\n\x1a\n half")
+        raise Crash("while drawing")
+    monkeypatch.setattr(Figure, "savefig", dying)
+    with pytest.raises(Crash):
+        runs.plot_run(tmp_path)
+    assert not (tmp_path / "curves.png").exists() and "curves:" not in runs.summary(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def straight_base(tmp_path_factory):
+    """The run directory of a warm start that nothing interrupted (tiny_args, --steps 0)."""
+    tmp = tmp_path_factory.mktemp("straight-base")
+    return stepcoder.train(stepcoder.parse_config(tiny_args(tmp, "--steps", "0", "--no-eval")))[0]
+
+
+@pytest.mark.parametrize("left", ["crashed", "unmarked"])  # base.tmp as the crash left it; an unmarked base/ (older runs)
+def test_a_crash_while_the_tiny_base_is_written_is_rebuilt_on_resume(tmp_path, monkeypatch, left, straight_base):
+    from transformers import PreTrainedTokenizerFast
+    (tmp_path / "b").mkdir()
+    with monkeypatch.context() as m:
+        def dying(tok, directory, *args, **kwargs):
+            (Path(directory) / "tokenizer.json").write_text("{")
+            raise Crash("while the tokenizer is written")
+        m.setattr(PreTrainedTokenizerFast, "save_pretrained", dying)
+        with pytest.raises(Crash):
+            stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path / "b", "--steps", "0", "--no-eval")))
+    run = tmp_path / "b" / "run"
+    assert not (run / "base").exists()  # the base is whole or absent
+    if left == "unmarked":
+        (run / "base.tmp").rename(run / "base")
+    stepcoder.train(stepcoder.parse_config(["--resume", str(run)]))
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("base")) == ["base"]
+    assert (run / "base" / config.TINY_MARKER).is_file()
+    from safetensors.torch import load_file
+    rebuilt, expected = (load_file(r / "base" / "model.safetensors") for r in (run, straight_base))
+    assert all(torch.equal(rebuilt[k], expected[k]) for k in expected)  # the same warm start, again
+
+
+def test_a_cut_off_last_metrics_line_is_dropped_in_one_line(tmp_path, capsys):
+    rows = [{"step": s, "reward_mean": 0.1 * s, "pass_rate": 0.5, "kl": 0.01, "fgo_kept": 0.9,
+             "stage_hist": {"0": 3}} for s in (1, 2, 3)]
+    whole = "".join(json.dumps(row) + "\n" for row in rows[:2])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text(whole + json.dumps(rows[2])[:30])  # killed while writing step 3
+    assert runs.main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"run {tmp_path}: 2 PPO steps")
+    assert len(err.strip().splitlines()) == 1 and "last line was cut off" in err and "dropped" in err
+    runs.keep_metrics_until(tmp_path / "metrics.jsonl", 3)  # a resume from step 3's checkpoint... (none: 2 rows)
+    assert (tmp_path / "metrics.jsonl").read_text() == whole
+    runs.keep_metrics_until(tmp_path / "metrics.jsonl", 1)
+    assert (tmp_path / "metrics.jsonl").read_text() == whole.splitlines(keepends=True)[0]
+    (tmp_path / "metrics.jsonl").write_text("{nonsense\n" + whole)  # not a cut-off line: refused, in one line
+    assert runs.main([str(tmp_path)]) == 2
+    assert "line 1 is not a JSON row" in capsys.readouterr().err
+
+
+def test_a_crash_while_a_resume_trims_the_metrics_keeps_them(tmp_path, monkeypatch):
+    whole = "".join(json.dumps({"step": s, "reward_mean": 0.0}) + "\n" for s in (1, 2, 3))
+    (tmp_path / "metrics.jsonl").write_text(whole)
+    with monkeypatch.context() as m:
+        crash_writing("metrics.jsonl", m)
+        with pytest.raises(Crash):
+            runs.keep_metrics_until(tmp_path / "metrics.jsonl", 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == whole  # all of it still, not half
+
+
+# ------------------------------------------------ Ctrl-C and SIGTERM keep the last finished step (issue 41)
+
+def signals_in_step(monkeypatch, step: int, *signums) -> None:
+    """While step `step` generates (one generate call per step without --eval), these signals reach the process."""
+    calls, real_generate = [], stepcoder.generate
+    def generate(*args):
+        calls.append(1)
+        if len(calls) == step:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the handler runs before the next signal
+        return real_generate(*args)
+    monkeypatch.setattr(stepcoder, "generate", generate)
+
+
+def test_a_second_ctrl_c_abandons_the_step_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capfd):
+    signals_in_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(stepcoder.Interrupted, match=r"interrupted at step 2 \(last checkpoint: step 0\).*--resume") as e:
+        stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "3", "--no-eval")))
+    assert e.value.exit_code == 130
+    err = capfd.readouterr().err  # (written to file descriptor 2)
+    assert "stepcoder: Ctrl-C: stopping after step 2, saved then; press Ctrl-C again to stop now, losing step 2" in err
+    run = tmp_path / "run"
+    assert [r["step"] for r in metrics(run)] == [1]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # train put the handlers back
+
+
+def test_signals_during_a_save_wait_for_it_and_the_run_stops_after_it(tmp_path, monkeypatch):
+    real_save, saves = stepcoder.save_checkpoint, []
+    def signalled_save(run_dir, *args):
+        saves.append(args[-2])  # the step
+        if args[-2] == 2:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)
+        return real_save(run_dir, *args)
+    monkeypatch.setattr(stepcoder, "save_checkpoint", signalled_save)
+    args = tiny_args(tmp_path, "--steps", "4", "--save-every", "2", "--no-eval")
+    with pytest.raises(stepcoder.Interrupted, match=r"stopped by SIGTERM after step 2 \(last checkpoint: step 2\)") as e:
+        stepcoder.train(stepcoder.parse_config(args))
+    assert e.value.exit_code == 143 and saves == [0, 2]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 2
+    assert torch.load(run / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["state"][0]["step"] > 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_last_finished_step_and_the_run_resumes_exactly(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = run_cli(tiny_args(tmp_path / "a", "--steps", "5", "--no-eval"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "b" / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stepcoder.py"), *tiny_args(tmp_path / "b", "--steps", "5",
+                            "--no-eval")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and '"step": 2,' not in (
+            (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # step 2 is logged: the signal lands at its end or in step 3
+    out, err = proc.communicate(timeout=300)
+    saved = json.loads((run / "checkpoint" / "progress.json").read_text())["step"]
+    assert proc.returncode == 143 and saved in (2, 3), err[-2000:]
+    assert [r["step"] for r in metrics(run)] == list(range(1, saved + 1))  # the step it stopped after, saved
+    assert (f"stepcoder: stopped by SIGTERM after step {saved} (last checkpoint: step {saved}); "
+            f"continue with: python3 stepcoder.py --resume {run}") in err.splitlines()
+    resumed = run_cli(["--resume", str(run)])
+    assert resumed.returncode == 0 and f"from its checkpoint at step {saved}" in resumed.stdout, resumed.stderr[-2000:]
+    assert f"budget: 12 problems, {5 - saved} PPO steps (steps {saved + 1}-5)" in resumed.stdout
+    a, b = metrics(tmp_path / "a" / "run"), metrics(run)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for row_a, row_b in zip(a, b):
+        assert {k: v for k, v in row_a.items() if k not in TIMINGS} == {k: v for k, v in row_b.items() if k not in TIMINGS}
