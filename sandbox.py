@@ -30,7 +30,7 @@ Departures from the paper / the APPS harness, and why:
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
-from support.containment import EXCERPT, TESTS, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
+from support.containment import EXCERPT, TESTS, landlock_abi, python_lines, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed, twice: no verdict, reward NaN (departure 3)
@@ -212,7 +212,8 @@ def _coverage(code: str, result) -> str:
         out.append("(the program does not compile: no line ran, and FGO keeps every token of it)")
     elif not result.coverage_complete:
         out.append("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
-    for n, line in enumerate(code.splitlines(), 1):
+    for n, line in enumerate(python_lines(code), 1):  # numbered as Python numbers them, not by str.splitlines
+        line = line.rstrip("\r\n")
         blank = unmarked or line.strip()[:1] in ("", "#")
         mark = "+" if n in result.executed_lines else " " if blank else "-"
         out.append(f"{n:4} {mark} | {line}")

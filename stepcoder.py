@@ -212,11 +212,13 @@ def fgo_mask(token_ends: list[int], text: str, first_line: int,
     spans text[token_ends[i-1]:token_ends[i]] (characters past len(text) were cut off the
     program). `executed_lines=None` means the program did not compile: keep every token, so
     syntax errors still get a gradient. The EOS token is always kept. Blank and comment lines
-    never execute, so tokens only on them are masked.
+    never execute, so tokens only on them are masked. Lines are numbered as Python (and the sandbox) numbers
+    them: a line ends at \\n, \\r\\n or \\r, not at a form feed or \\u2028.
     """
     if executed_lines is None:
         return [1.0] * len(token_ends)
-    newlines = [j for j, ch in enumerate(text) if ch == "\n"]
+    ends = itertools.accumulate(map(len, curriculum._lines(text)))  # each line's end offset, its line break kept
+    newlines = [end - 1 for end in ends if text[end - 1] in "\r\n"]  # the last character of each ended line
     mask, start = [], 0
     for i, end in enumerate(token_ends):
         lines = {first_line + bisect.bisect_left(newlines, j) for j in range(start, min(end, len(text)))}
@@ -232,7 +234,7 @@ def rollout_fgo_mask(token_ends: list[int], program: str, prefix: str, result,
     compile, or whose coverage the sandbox could not complete, keeps every token."""
     complete = result.status != "compile_error" and result.coverage_complete
     executed = result.executed_lines if complete else None
-    return fgo_mask(token_ends, program, prefix.count("\n") + 1, executed, eos_index)
+    return fgo_mask(token_ends, program, len(curriculum._lines(prefix + "x")), executed, eos_index)
 
 
 def action_masks(rollouts: Rollouts, results: list, tok, fgo: bool):

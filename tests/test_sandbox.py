@@ -205,6 +205,17 @@ def test_executed_lines_count_bare_keywords_of_blocks_that_ran():
     assert run1(code, "", "3").executed_lines == {1, 2, 5, 6, 7, 8}  # `except:` block never ran
 
 
+@pytest.mark.parametrize("inside,end", [("\x0c", "\n"), ("\u2028", "\n"), ("\x1c", "\n"), ("", "\r"), ("", "\r\n")],
+                         ids=["form feed", "u2028", "x1c", "cr", "crlf"])
+def test_executed_lines_are_numbered_as_python_numbers_them(inside, end):
+    # str.splitlines also splits at \f, \u2028, \x1c ...: a character inside line 1 must not shift the lines after it
+    code = end.join([f's = "a{inside}b"', "if len(s) > 5:", "    print(1)", "else:", "    print(2)", ""])
+    r = run1(code, "", "2")
+    assert r.status == "pass" and r.coverage_complete and r.executed_lines == {1, 2, 4, 5}  # 4: the bare else
+    shown = sandbox._coverage(code, r).split("\n")[1:]  # (its lines are joined by "\n")
+    assert [line[:6] for line in shown] == ["   1 +", "   2 +", "   3 -", "   4 +", "   5 +"]
+
+
 def test_executed_lines_first_reached_in_a_later_call_or_iteration():
     code = """\
         def f(x):

@@ -1,6 +1,7 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import random
@@ -77,6 +78,19 @@ def test_fgo_mask_hand_example():
     ends = [sum(len(p) for p in pieces[:i + 1]) for i in range(len(pieces))]
     mask = fgo_mask(ends, text, first_line=3, executed_lines=frozenset({1, 2, 3, 4, 8}), eos_index=7)
     assert mask == [1, 1, 1, 0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("end", ["\n", "\r", "\r\n"])
+def test_fgo_mask_numbers_lines_as_the_sandbox_does(end):
+    # Python (and the sandbox) also ends a line at a lone \r: FGO must mask the tokens of the line that never ran
+    prefix = stepcoder.prompt_prefix(end.join(["x = int('7')", "if x > 5:"]) + end)
+    generated = end + end.join(["    y = 1", "else:", "    y = 2", "print(y)"]) + end
+    result = sandbox.run_tests(prefix + generated, {"inputs": [""], "outputs": ["1"], "fn_name": None})
+    assert result.status == "pass" and result.executed_lines == {1, 2, 3, 6}
+    lines = generated.split(end)  # the tokens: each line break, then each line
+    ends = list(itertools.accumulate(len(piece) for line in lines[1:] for piece in (end, line)))
+    mask = stepcoder.rollout_fgo_mask(ends, generated, prefix, result, eos_index=None)
+    assert mask == [1, 1, 1, 0, 0, 0, 0, 1, 1, 0]  # lines 4 ("else:") and 5 never ran; the last token is empty
 
 
 def test_fgo_mask_keeps_everything_when_the_program_does_not_compile():
