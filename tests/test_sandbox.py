@@ -353,6 +353,14 @@ def test_workers_and_the_judge_import_neither_torch_nor_transformers(module):  #
     assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
 
 
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage.py's C tracer: Python 3.11 with coverage installed")
+def test_workers_load_coverage_s_c_tracer_alone_not_the_coverage_package():  # a smaller worker forks faster
+    code = "import containment, sys; print(containment.c_tracer(alone=True) is not None, 'coverage' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(containment.__file__), capture_output=True,
+                         text=True)
+    assert run.returncode == 0 and run.stdout.split() == ["True", "False"], run.stderr
+
+
 def test_cwd_is_a_temp_dir_removed_afterwards():
     r = run1("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n", "", "")
     cwd = r.details[0].stdout.strip()
