@@ -91,7 +91,7 @@ import contextlib, gc, io, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import containment
 list(map(__import__, containment.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
-tracer = containment.c_tracer(alone=True)  # 3.11: coverage.py's C tracer where installed, as in a worker
+tracer = containment.c_tracer(alone=True)  # 3.11: coverage's C tracer where installed, as in a worker
 cpu = lambda: sum(os.times()[:4])  # this process and its reaped children
 start, n = cpu(), 1000
 for _ in range(n):

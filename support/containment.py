@@ -1,6 +1,6 @@
 """Running programs for sandbox.py: run_programs([(code, inputs, fn_name, test_code)], timeout) -> a raw result each.
 
-How: warm workers (`python -c`, importing only this module and, on 3.11, coverage.py's C tracer: no torch)
+How: warm workers (`python -c`, importing only this module and, on 3.11, coverage's C tracer: no torch)
 compile a program once and fork a contained child per test (below) that runs it (as `__main__` for stdin
 tests, departure 6); coverage goes to a shared mmap, which survives a kill (3.11's C tracer: written at the
 child's end, departure 1). Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
@@ -9,7 +9,7 @@ interrupted, kills each worker's current test, and the workers exit and are wait
 Departures from the paper / the APPS harness, and why:
 1. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11 gives up after b s:
-   coverage.py's C tracer where coverage is installed (its lines kept in the child, written out at its end:
+   coverage's C tracer where coverage is installed (its lines kept in the child, written out at its end:
    a kill or os._exit loses them, as a give-up), else a Python settrace function, which skips code whose
    lines all ran (in any test). Killed at `timeout + b`: a timeout anyway. Done
    after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
@@ -434,7 +434,7 @@ def _trace_lines(buf, program, budget, ctracer):
     if ctracer is not None:
         return _c_trace(buf, codes, budget, *ctracer)
     stop_at = time.monotonic() + budget
-    left = {}  # 3.11 without coverage.py: settrace; left[code]: its lines yet to run
+    left = {}  # 3.11 without coverage: settrace; left[code]: its lines yet to run
     for code in codes:
         lines = {n for _, _, n in code.co_lines() if n}
         if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
@@ -467,7 +467,7 @@ def _trace_lines(buf, program, budget, ctracer):
     return lambda: None
 
 def c_tracer(alone=False):
-    """coverage.py's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None. alone (a
+    """coverage's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None. alone (a
     worker): its C extension without the coverage package (86 modules, 10 MB more in a worker, copied by each
     fork); a process that loads it so must not import coverage too (an extension module loads once)."""
     if hasattr(sys, "monitoring"):  # 3.12+: sys.monitoring is cheaper still
@@ -487,7 +487,7 @@ def c_tracer(alone=False):
         return None
 
 def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
-    """3.11 with coverage.py: its CTracer (driven as coverage's collector drives it) records the program's
+    """3.11 with coverage: its CTracer (driven as coverage's collector drives it) records the program's
     lines, in this thread and any it starts, into a set in this process; buf[0] = 2 until `finish` writes
     them to buf. After `budget` s tracing stops, as the Python tracer gives up (a _thread timer: no signal,
     and no thread that `threading` lists): buf[0] = 1 if a line of the program is still unmarked. A kill,

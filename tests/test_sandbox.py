@@ -287,14 +287,14 @@ def traced_lines(code, ctracer, budget=math.inf):
     return list(buf[:])
 
 
-@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage.py's C tracer: Python 3.11 with coverage installed")
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
 @pytest.mark.parametrize("code", C_TRACED, ids=["nested", "thread", "class", "try"])
 def test_the_c_tracer_marks_the_lines_the_python_tracer_marks(code):
     with_c, python = traced_lines(code, containment.c_tracer()), traced_lines(code, None)
     assert with_c == python and sum(python[1:]) >= 3 and python[0] == 0
 
 
-@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage.py's C tracer: Python 3.11 with coverage installed")
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
 def test_c_tracer_lines_lost_to_os_exit_make_coverage_incomplete_not_wrong():
     r = run1("import os\nprint(1, flush=True)\nos._exit(0)\n", "", "1")
     assert r.status == "pass" and r.coverage_complete is False  # its lines were never written out
@@ -353,7 +353,7 @@ def test_workers_and_the_judge_import_neither_torch_nor_transformers(module):  #
     assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
 
 
-@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage.py's C tracer: Python 3.11 with coverage installed")
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
 def test_workers_load_coverage_s_c_tracer_alone_not_the_coverage_package():  # a smaller worker forks faster
     code = "import containment, sys; print(containment.c_tracer(alone=True) is not None, 'coverage' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(containment.__file__), capture_output=True,
