@@ -35,6 +35,9 @@ Where this departs from the paper, and why (the model's departures: support/mode
     6. Minibatches fixed per step: a step's rollouts are split into minibatches once, and each PPO
        epoch visits them in a new order (CleanRL reshuffles rows each epoch): the old log-probs are
        computed on the same minibatches, so the first ratio is exactly 1 in bf16 too.
+    7. A rollout the sandbox itself failed on (status sandbox_error, after one retry) is no verdict:
+       left out of the loss, the curriculum and the evaluation's pass counts, counted apart
+       (frac_sandbox_error; docs/METHOD.md, section 2): the policy must not learn from the judge's fault.
 """
 from __future__ import annotations
 
