@@ -22,12 +22,18 @@ Departures from the paper / the APPS harness, and why:
 2. Strict comparison, not APPS's: whitespace tokens; two integers exactly, however long; other numbers
    within 1e-6 absolute or relative; no lower-casing or set comparison (they pass wrong programs).
    Call-based: `==`, tuples as lists, floats within 1e-6, [value] for value. Assertion tests: the test code's own.
+3. sandbox_error, a status outside Eq. 3: the sandbox itself failed (a worker died, an exception inside it),
+   and did again when its jobs were run once more. Not the program's verdict, so no reward: NaN, and
+   `coverage_complete` False; `error` says what went wrong. Callers leave such a result out (stepcoder.py
+   leaves the rollout out of the loss, the curriculum and the evaluation's pass counts). Test data the
+   sandbox cannot pass on (a lone surrogate in a string) is refused earlier, by support/problems.py.
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
-from support.containment import EXCERPT, TESTS, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
+from support.containment import EXCERPT, TESTS, landlock_abi, python_lines, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
+SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed, twice: no verdict, reward NaN (departure 3)
 SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
 
 @dataclass
@@ -41,10 +47,10 @@ class TestResult:
 
 @dataclass
 class ExecResult:
-    status: str  # the worst verdict over the tests, or compile_error
+    status: str  # the worst verdict over the tests, compile_error, or sandbox_error (no verdict: departure 3)
     passed: int
     total: int
-    reward: float
+    reward: float  # Eq. 3 (REWARDS[status]); NaN for sandbox_error, which no caller should learn from
     executed_lines: frozenset = frozenset()  # 1-based lines of `code` run by any test that ran
     details: list = field(default_factory=list)  # a TestResult per test that ran
     error: str = ""  # the compile error, or what went wrong in the sandbox itself
@@ -104,6 +110,11 @@ def run_batch(jobs: list, timeout: float = 4.0, workers: int | None = None,
     programs = [(code, tests["inputs"], tests.get("fn_name"), tests.get("test_code"))  # no expected outputs
                 for code, tests in jobs]
     raws = run_programs(programs, timeout, workers, progress, coverage)
+    failed = [i for i, raw in enumerate(raws) if "runs" not in raw and "compile_error" not in raw]
+    if failed:  # the sandbox's own failure (departure 'sandbox_error'): those jobs once more
+        again = run_programs([programs[i] for i in failed], timeout, workers, False, coverage)
+        for i, raw in zip(failed, again):
+            raws[i] = raw
     return [_judge(raw, tests) for raw, (_, tests) in zip(raws, jobs)]
 
 def _check(tests, where):
@@ -128,10 +139,11 @@ def _check(tests, where):
 def _judge(raw, tests) -> ExecResult:
     """A worker's raw runs -> verdicts, status and reward (Eq. 3)."""
     total = len(tests["inputs"])
-    if "runs" not in raw:
-        status = "compile_error" if "compile_error" in raw else "runtime_error"
-        error = raw.get("compile_error") or raw["error"]
-        return ExecResult(status, 0, total, REWARDS[status], error=error, coverage_complete=status == "compile_error")
+    if "compile_error" in raw:
+        return ExecResult("compile_error", 0, total, REWARDS["compile_error"], error=raw["compile_error"],
+                          coverage_complete=True)
+    if "runs" not in raw:  # no verdict: departure 'sandbox_error'
+        return ExecResult(SANDBOX_ERROR, 0, total, math.nan, error=raw["error"])
     details = []
     for (kind, seconds, out, err, value), want in zip(raw["runs"], tests["outputs"]):
         if kind == "ok":
@@ -200,7 +212,8 @@ def _coverage(code: str, result) -> str:
         out.append("(the program does not compile: no line ran, and FGO keeps every token of it)")
     elif not result.coverage_complete:
         out.append("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
-    for n, line in enumerate(code.splitlines(), 1):
+    for n, line in enumerate(python_lines(code), 1):  # numbered as Python numbers them, not by str.splitlines
+        line = line.rstrip("\r\n")
         blank = unmarked or line.strip()[:1] in ("", "#")
         mark = "+" if n in result.executed_lines else " " if blank else "-"
         out.append(f"{n:4} {mark} | {line}")

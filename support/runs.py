@@ -260,10 +260,11 @@ def log_step(run_dir: Path, metrics: dict, tensorboard) -> None:
             if isinstance(value, (int, float)) and name != "step":
                 tensorboard.add_scalar(name, value, metrics["step"])
         tensorboard.flush()
+    failed = metrics.get("frac_sandbox_error", 0)  # rollouts the sandbox failed on, left out: shown only if any
     tqdm.write(f"step {metrics['step']} | reward {metrics['reward_mean']:+.3f} | pass {metrics['pass_rate']:.3f} | "
                f"kl {metrics['kl']:.3f} | clipfrac {metrics['clipfrac']:.3f} | fgo_kept {metrics['fgo_kept']:.2f} | "
                f"stages {metrics['stage_hist']} | stage0 {metrics['stage0_share']:.2f} | {metrics['t_generate']:.0f}s gen {metrics['t_score']:.0f}s score "
-               f"{metrics['t_update']:.0f}s update")
+               f"{metrics['t_update']:.0f}s update" + (f" | sandbox_error {failed:.3f}" if failed else ""))
 
 
 def open_tensorboard(run_dir: Path, enabled: bool):

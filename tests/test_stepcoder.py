@@ -1,6 +1,7 @@
 """stepcoder.py: the PPO pieces against hand-computed values, then the trainer with --model tiny."""
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import random
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from support import models, runs
+import sandbox
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 from stepcoder import compute_gae, fgo_mask, kl_penalized_rewards, policy_loss, value_loss
@@ -76,6 +78,19 @@ def test_fgo_mask_hand_example():
     ends = [sum(len(p) for p in pieces[:i + 1]) for i in range(len(pieces))]
     mask = fgo_mask(ends, text, first_line=3, executed_lines=frozenset({1, 2, 3, 4, 8}), eos_index=7)
     assert mask == [1, 1, 1, 0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("end", ["\n", "\r", "\r\n"])
+def test_fgo_mask_numbers_lines_as_the_sandbox_does(end):
+    # Python (and the sandbox) also ends a line at a lone \r: FGO must mask the tokens of the line that never ran
+    prefix = stepcoder.prompt_prefix(end.join(["x = int('7')", "if x > 5:"]) + end)
+    generated = end + end.join(["    y = 1", "else:", "    y = 2", "print(y)"]) + end
+    result = sandbox.run_tests(prefix + generated, {"inputs": [""], "outputs": ["1"], "fn_name": None})
+    assert result.status == "pass" and result.executed_lines == {1, 2, 3, 6}
+    lines = generated.split(end)  # the tokens: each line break, then each line
+    ends = list(itertools.accumulate(len(piece) for line in lines[1:] for piece in (end, line)))
+    mask = stepcoder.rollout_fgo_mask(ends, generated, prefix, result, eos_index=None)
+    assert mask == [1, 1, 1, 0, 0, 0, 0, 1, 1, 0]  # lines 4 ("else:") and 5 never ran; the last token is empty
 
 
 def test_fgo_mask_keeps_everything_when_the_program_does_not_compile():
@@ -394,7 +409,8 @@ def test_held_out_problems_are_evaluated_greedily_and_training_problems_also_sam
         return generate(policy, tok, ids, am, n_new, temperature, *args)
     monkeypatch.setattr(stepcoder, "generate", counting)
     def every_third_passes(programs, problems, cfg):  # so that the problems' pass rates differ
-        return [SimpleNamespace(reward=1.0 if i % 3 == 0 else -1.0) for i in range(len(programs))]
+        return [SimpleNamespace(status="pass" if i % 3 == 0 else "compile_error", reward=1.0 if i % 3 == 0 else -1.0)
+                for i in range(len(programs))]
     monkeypatch.setattr(stepcoder, "sandbox_results", every_third_passes)
     test_data = write_problems(tmp_path / "held_out.json", n=2)
     flags = ["--eval-test-sampled"] * sampled
@@ -504,6 +520,37 @@ def test_the_loop_moves_the_problems_whose_rollouts_pass_and_no_others(tmp_path,
     assert len(set(drawn)) == 3 and len(stages) == 12
     assert {pid: stage for pid, stage in stages.items() if pid not in drawn} == {pid: 1 for pid in stages if pid not in drawn}
     assert {stages[pid] for pid in drawn} == ({0} if verdict == "pass" else {1})
+
+
+def test_rollouts_the_sandbox_failed_on_are_out_of_the_loss_the_curriculum_and_the_reward(tmp_path, monkeypatch, capsys):
+    # Each drawn problem's first rollout passes, its second is a sandbox_error (reward NaN, as the sandbox gives):
+    # the curriculum records the pass alone (rho = alpha, not alpha * (1 - alpha) as after a failure), no loss
+    # turns NaN (no minibatch skipped), reward_mean is the judged rollouts' (1.0), and the step line says so.
+    def sandbox_results(programs, problems, cfg):
+        return [sandbox.ExecResult("pass", 1, 1, 1.0) if i % 2 == 0 else
+                sandbox.ExecResult(sandbox.SANDBOX_ERROR, 0, 1, math.nan, error="sandbox worker died")
+                for i in range(len(programs))]
+    monkeypatch.setattr(stepcoder, "sandbox_results", sandbox_results)
+    run, _, _ = stepcoder.train(stepcoder.parse_config(tiny_args(
+        tmp_path, "--steps", "1", "--no-eval", "--cccs-threshold", "0.99", "--cccs-plain-fraction", "0")))
+    state = json.loads((run / "checkpoint" / "progress.json").read_text())["curriculum"]
+    rhos = {rho for _, _, rho, *_ in state["problems"] if rho}
+    metrics = json.loads((run / "metrics.jsonl").read_text())
+    assert rhos == {state["alpha"]}
+    assert metrics["frac_sandbox_error"] == 0.5 and metrics["frac_pass"] == 0.5 and metrics["reward_mean"] == 1.0
+    assert metrics["skipped_updates"] == 0 and all(math.isfinite(metrics[k]) for k in ("pg_loss", "vf_loss", "fgo_kept"))
+    assert "| sandbox_error 0.500" in capsys.readouterr().out
+
+
+def test_a_sandbox_error_row_has_no_action_in_either_mask():
+    G = 4
+    rollouts = SimpleNamespace(programs=["x = 1\n"] * 2, prefixes=[""] * 2, n_gen=G, lengths=torch.tensor([3, 3]),
+                               ids=torch.zeros(2, G, dtype=torch.long), token_ends=[[2, 4, 6]] * 2)
+    results = [sandbox.ExecResult("pass", 1, 1, 1.0, frozenset({1}), coverage_complete=True),
+               sandbox.ExecResult(sandbox.SANDBOX_ERROR, 0, 1, math.nan)]
+    for fgo in (True, False):
+        b_mask, b_fgo = stepcoder.action_masks(rollouts, results, SimpleNamespace(eos_token_id=0), fgo)
+        assert b_mask.tolist() == [[1, 1, 1, 0], [0] * G] and b_fgo.tolist() == [[1, 1, 1, 0], [0] * G]
 
 
 def test_sft_data_warm_starts_on_other_problems_than_rls(tmp_path, monkeypatch):
