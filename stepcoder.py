@@ -417,6 +417,9 @@ def compute_advantages(policy, value_head, rollouts: Rollouts, results: list, b_
     b_scores = torch.tensor([result.reward for result in results], device=b_mask.device)  # (N,)
     if grpo:
         b_advantages = group_advantages(b_scores, cfg.samples_per_problem, b_mask)   # (N, G)
+        # a group holding a sandbox_error row (b_mask all 0, reward 0: no verdict) has no true baseline: left out
+        judged = b_mask.any(1).view(-1, cfg.samples_per_problem).all(1)               # (N/g,)
+        b_advantages *= judged.repeat_interleave(cfg.samples_per_problem)[:, None]   # (N, G)
         return {"logprobs": b_logprobs, "ref_logprobs": b_ref_logprobs, "values": b_values,
                 "advantages": b_advantages, "returns": b_values, "scores": b_scores,
                 "kl": (b_logprobs - b_ref_logprobs) * b_mask, "entropy": b_entropy}
@@ -520,7 +523,7 @@ def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: di
     if returns_var > 0:
         explained_var = (1 - torch.var((every["returns"] - every["values"])[mask]) / returns_var).item()
     return {
-        "step": step, "reward_mean": sum(reward for reward, _ in judged) / max(len(judged), 1),
+        "step": step, "reward_mean": every["scores"][every["mask"].any(1)].mean().item() if judged else 0.0,
         "pass_rate": verdicts.count("pass") / len(scored),
         "reward_stage0": sum(stage0_rewards) / len(stage0_rewards) if stage0_rewards else None,
         **{f"frac_{v}": verdicts.count(v) / len(scored) for v in (*sandbox.REWARDS, sandbox.SANDBOX_ERROR)},

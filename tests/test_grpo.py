@@ -2,6 +2,7 @@
 and a tiny run through the trainer, resumed."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,6 +86,19 @@ def test_grpo_keeps_fgo_to_the_policy_term_and_the_kl_on_every_action(monkeypatc
     assert torch.equal(seen["policy_loss"], fgo) and torch.equal(seen["k3_kl"], mask)
     assert seen["value_head"] is None  # no value head forward
     assert stats["vf_loss"] == 0.0 and stats["kl_loss"] > 0.0
+
+
+def test_a_group_with_a_sandbox_failure_is_left_out(monkeypatch):
+    # rows 2-3 are a group whose second sample the sandbox failed on (score 0, b_mask all 0): its baseline would
+    # count a reward the judge never gave, so the group gets no advantage; the judged group (1, -0.3) keeps its own.
+    monkeypatch.setattr(stepcoder, "logprobs_before_update", lambda *args: (torch.zeros(4, 2),) * 4)
+    results = [SimpleNamespace(reward=r) for r in (1.0, -0.3, 1.0, 0.0)]
+    b_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    rollouts = SimpleNamespace(ids=None, attention_mask=None, n_gen=2)
+    cfg = stepcoder.Config(algo="grpo", samples_per_problem=2)
+    b = stepcoder.compute_advantages(None, None, rollouts, results, b_mask, [], cfg)
+    a = 0.65 / (1.3 / math.sqrt(2) + 1e-4)
+    assert torch.allclose(b["advantages"], torch.tensor([[a, a], [-a, 0.0], [0.0, 0.0], [0.0, 0.0]]), atol=1e-6)
 
 
 def test_every_group_stays_on_one_rank(monkeypatch):
