@@ -68,7 +68,7 @@ from support.models import decode, in_row_groups, load_agent, make_optimizer, qu
 from support.page import keep_page_until, record_step, write_page
 from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, interrupted, keep_metrics_until,
                           load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint, restore_signals,
-                          save_checkpoint, show_rollouts, stopped, summary)
+                          save_checkpoint, show_rollouts, step_metrics, stopped, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -504,49 +504,12 @@ def ppo_update(policy, value_head, optimizer, params, batch: dict, minibatches: 
 
 # --------------------------------------------------------------------------- 8. the loop ---
 
-def step_metrics(step: int, rollouts: Rollouts, scored: list, b: dict, stats: dict, cccs,
-                 seconds: dict) -> dict:
-    """One row of metrics.jsonl (each defined in docs/WALKTHROUGH.md, section 9). The figures cover every
-    rank's rollouts (their tensors gathered in rank order), the update's statistics are the ranks' mean,
-    the times the slowest rank's."""
-    every = distributed.gather_rows({name: b[name] for name in ("scores", "kl", "entropy", "mask", "fgo",
-                                                                 "returns", "values")}, b["mask"].device)
-    ranks = distributed.gather({**stats, **seconds, "prompts_shortened": rollouts.prompts_shortened})
-    mean_over_ranks = {name: sum(r[name] for r in ranks) / len(ranks) for name in stats}
-    slowest = {name: max(r[name] for r in ranks) for name in seconds}
-    verdicts = [status for _, status, _, _ in scored]
-    judged = [(reward, stage) for _, status, reward, stage in scored if status != sandbox.SANDBOX_ERROR]
-    stage0_rewards = [reward for reward, stage in judged if stage == 0]
-    mask = every["mask"].bool()
-    returns_var = torch.var(every["returns"][mask])
-    explained_var = 0.0
-    if returns_var > 0:
-        explained_var = (1 - torch.var((every["returns"] - every["values"])[mask]) / returns_var).item()
-    return {
-        "step": step, "reward_mean": every["scores"][every["mask"].any(1)].mean().item() if judged else 0.0,
-        "pass_rate": verdicts.count("pass") / len(scored),
-        "reward_stage0": sum(stage0_rewards) / len(stage0_rewards) if stage0_rewards else None,
-        **{f"frac_{v}": verdicts.count(v) / len(scored) for v in (*sandbox.REWARDS, sandbox.SANDBOX_ERROR)},
-        "kl": every["kl"].sum(1).mean().item(), "approx_kl": mean_over_ranks["approx_kl"],
-        "clipfrac": mean_over_ranks["clipfrac"],
-        "entropy": masked_mean(every["entropy"], every["mask"]).item(),
-        "pg_loss": mean_over_ranks["pg_loss"], "vf_loss": mean_over_ranks["vf_loss"],
-        "kl_loss": mean_over_ranks["kl_loss"],
-        "explained_var": explained_var,
-        "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
-        "stage0_share": sum(stage == 0 for _, _, _, stage in scored) / len(scored),
-        "fgo_kept": (every["fgo"].sum() / every["mask"].sum().clamp(min=1)).item(),
-        "gen_tokens_per_s": every["mask"].sum().item() / max(slowest["t_generate"], 1e-9),
-        "prompts_shortened": sum(r["prompts_shortened"] for r in ranks), **slowest,
-        "skipped_updates": stats["skipped"],
-    }
-
-
 def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Random, run: Run,
              start: int) -> None:
     """PPO steps start+1 .. cfg.steps, each in the method's order. Rank 0 writes the run directory."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     by_id = {p.problem_id: p for p in problems}
+    run.stepping = True  # a signal now stops the run after the step in progress, saved (support/runs.py)
     for step in range(start + 1, cfg.steps + 1):
         run.progress.update(where=f"at step {step}", step=step)
         # 1-2. The schedule's ceiling lowers the stages training progress asks for; the step's problems are
@@ -581,7 +544,8 @@ def ppo_loop(cfg: Config, agent, optimizer, cccs, problems: list, rng: random.Ra
             log_step(run.dir, metrics, run.tensorboard)
         save = partial(save_checkpoint, run.dir, agent.policy, agent.value_head, optimizer, cccs, step, rng)
         if end_step(run, step, step % cfg.save_every == 0 or step == cfg.steps, save):
-            return
+            raise stopped(run)
+    run.stepping = False
 
 
 def train(cfg: Config):
@@ -630,11 +594,7 @@ def train(cfg: Config):
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():
             run_evaluation(agent, evals, cfg, run, 0)  # (--steps 0: the warm start alone)
-        run.stepping = True  # a signal now stops the run after the step in progress, saved
         ppo_loop(cfg, agent, optimizer, cccs, problems, rng, run, start)
-        run.stepping = False
-        if run.stop:
-            raise stopped(run)
         if cfg.eval and cfg.steps > 0:
             run_evaluation(agent, evals, cfg, run, cfg.steps)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+import sandbox
 from support import distributed
 from support.config import Config, Interrupted, UsageError
 
@@ -265,6 +266,45 @@ def log_step(run_dir: Path, metrics: dict, tensorboard) -> None:
                f"kl {metrics['kl']:.3f} | clipfrac {metrics['clipfrac']:.3f} | fgo_kept {metrics['fgo_kept']:.2f} | "
                f"stages {metrics['stage_hist']} | stage0 {metrics['stage0_share']:.2f} | {metrics['t_generate']:.0f}s gen {metrics['t_score']:.0f}s score "
                f"{metrics['t_update']:.0f}s update" + (f" | sandbox_error {failed:.3f}" if failed else ""))
+
+
+def step_metrics(step: int, rollouts, scored: list, b: dict, stats: dict, cccs, seconds: dict) -> dict:
+    """Step 8 of stepcoder.ppo_loop: one row of metrics.jsonl (each defined in docs/WALKTHROUGH.md, section 9), from
+    the step's stepcoder.Rollouts, every rank's scored verdicts, the b_ tensors, the update's statistics, the
+    curriculum and the phases' seconds. The figures cover every
+    rank's rollouts (their tensors gathered in rank order), the update's statistics are the ranks' mean,
+    the times the slowest rank's."""
+    every = distributed.gather_rows({name: b[name] for name in ("scores", "kl", "entropy", "mask", "fgo",
+                                                                 "returns", "values")}, b["mask"].device)
+    ranks = distributed.gather({**stats, **seconds, "prompts_shortened": rollouts.prompts_shortened})
+    mean_over_ranks = {name: sum(r[name] for r in ranks) / len(ranks) for name in stats}
+    slowest = {name: max(r[name] for r in ranks) for name in seconds}
+    verdicts = [status for _, status, _, _ in scored]
+    judged = [(reward, stage) for _, status, reward, stage in scored if status != sandbox.SANDBOX_ERROR]
+    stage0_rewards = [reward for reward, stage in judged if stage == 0]
+    mask = every["mask"].bool()
+    returns_var = torch.var(every["returns"][mask])
+    explained_var = 0.0
+    if returns_var > 0:
+        explained_var = (1 - torch.var((every["returns"] - every["values"])[mask]) / returns_var).item()
+    return {
+        "step": step, "reward_mean": every["scores"][every["mask"].any(1)].mean().item() if judged else 0.0,
+        "pass_rate": verdicts.count("pass") / len(scored),
+        "reward_stage0": sum(stage0_rewards) / len(stage0_rewards) if stage0_rewards else None,
+        **{f"frac_{v}": verdicts.count(v) / len(scored) for v in (*sandbox.REWARDS, sandbox.SANDBOX_ERROR)},
+        "kl": every["kl"].sum(1).mean().item(), "approx_kl": mean_over_ranks["approx_kl"],
+        "clipfrac": mean_over_ranks["clipfrac"],
+        "entropy": ((every["entropy"] * every["mask"]).sum() / every["mask"].sum().clamp(min=1)).item(),
+        "pg_loss": mean_over_ranks["pg_loss"], "vf_loss": mean_over_ranks["vf_loss"],
+        "kl_loss": mean_over_ranks["kl_loss"],
+        "explained_var": explained_var,
+        "stage_hist": {str(k): v for k, v in sorted(cccs.stage_histogram().items())},
+        "stage0_share": sum(stage == 0 for _, _, _, stage in scored) / len(scored),
+        "fgo_kept": (every["fgo"].sum() / every["mask"].sum().clamp(min=1)).item(),
+        "gen_tokens_per_s": every["mask"].sum().item() / max(slowest["t_generate"], 1e-9),
+        "prompts_shortened": sum(r["prompts_shortened"] for r in ranks), **slowest,
+        "skipped_updates": stats["skipped"],
+    }
 
 
 def open_tensorboard(run_dir: Path, enabled: bool):
