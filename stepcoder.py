@@ -68,7 +68,7 @@ from support.models import decode, in_row_groups, load_agent, make_optimizer, qu
 from support.page import keep_page_until, record_step, write_page
 from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, interrupted, keep_metrics_until,
                           load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint, restore_signals,
-                          save_checkpoint, show_rollouts, step_metrics, stopped, summary)
+                          save_checkpoint, show_rollouts, step_metrics, stopped, summary, write_atomically)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -627,7 +627,7 @@ def run_evaluation(agent, evals: dict, cfg: Config, run: Run, step: int) -> None
             sampled = split == "train" or cfg.eval_test_sampled
             settings = cfg if sampled else replace(cfg, eval_temperature=0.0)
             report[split] = evaluate(agent, problems, settings, f"step {step}, {split}")
-    (run.dir / f"eval_step{step}.json").write_text(json.dumps(report, indent=1))
+    write_atomically(run.dir / f"eval_step{step}.json", json.dumps(report, indent=1))  # whole, or not at all
 
 
 def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:

@@ -333,7 +333,7 @@ def test_a_crash_while_an_evaluation_is_written_leaves_it_to_be_done(tmp_path, m
     report = {"train": {"overall": {"pass@1": 0.5, "greedy": 0.5, "reward": 0.0, "n": 2}}}
     monkeypatch.setattr(stepcoder, "refresh_sampler", lambda sampler, policy: None)
     monkeypatch.setattr(stepcoder, "evaluate", lambda agent, problems, settings, tag: report["train"])
-    agent = models.Agent(tok=None, policy=None, value_head=None, sampler=None, device=torch.device("cpu"))
+    agent = models.Agent(tok=None, policy=None, value_head=None, sampler=None, device=torch.device("cpu"), scaler=None)
     cfg = config.Config(out=str(tmp_path), resume=str(tmp_path), steps=3, eval=True)
     stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 0)
     with monkeypatch.context() as m:
