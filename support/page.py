@@ -38,6 +38,7 @@ from pathlib import Path
 
 import curriculum
 import sandbox
+from support.runs import metrics_lines, write_atomically
 
 PAGE, ROWS = "rollouts.html", "rollouts.jsonl"
 STAGE_COLOURS = ["#cdebc5", "#fbe7a6", "#f8c77f", "#f19f72", "#e0735f", "#c4504a"]  # stage 0, 1, ... (last: higher)
@@ -112,15 +113,8 @@ def record_step(run_dir: Path, step: int, rollouts, results: list, b_fgo, cccs, 
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    """RUN/rollouts.jsonl's steps; a last line cut short by an interruption is left out."""
-    path = run_dir / ROWS
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    """RUN/rollouts.jsonl's steps; a last line cut short by an interruption is left out (as metrics.jsonl's)."""
+    return [row for _, row in metrics_lines(run_dir / ROWS, quiet=True)]
 
 
 def keep_page_until(run_dir: Path, step: int) -> None:
@@ -129,7 +123,7 @@ def keep_page_until(run_dir: Path, step: int) -> None:
     if not (run_dir / ROWS).exists():
         return
     kept = [row for row in read_rows(run_dir) if row["step"] <= step]
-    (run_dir / ROWS).write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+    write_atomically(run_dir / ROWS, "".join(json.dumps(row) + "\n" for row in kept))  # whole, or as it was
     write_page(run_dir)
 
 # ----------------------------------------------------------------------------- the page ---
