@@ -10,11 +10,12 @@ Departures from the paper / the APPS harness, and why:
 1. Tracing never decides a verdict. A traced run may take `timeout + b`, b = min(0.1 s, timeout/10): 3.12's
    sys.monitoring reports each line once (cost bounded by the program's size); 3.11 gives up after b s:
    coverage's C tracer where coverage is installed (its lines kept in the child, written out at its end:
-   a kill or os._exit loses them, as a give-up), else a Python settrace function, which skips code whose
-   lines all ran (in any test). Killed at `timeout + b`: a timeout anyway. Done
-   after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal): re-run untraced
-   for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by itself, is re-run
-   for coverage alone, fully traced; these re-runs share one `timeout` per program (then killed).
+   a kill or os._exit loses them, as a give-up; it stops once every line not yet marked is), else a Python
+   settrace function, which skips code whose lines all ran (in any test). Killed at `timeout + b`: a timeout
+   anyway. Done after `timeout`, or crashed as a tracer can cause (RecursionError, MemoryError, a signal):
+   re-run untraced for the verdict. A test that 3.11's tracer gave up on with lines unseen, and that ended by
+   itself, is re-run for coverage alone, fully traced but for code whose lines are all marked, and ended as
+   soon as none is left unmarked; these re-runs share one `timeout` per program (then killed).
    `coverage_complete` is False, and FGO must keep every token, if a line may have run unmarked: a give-up
    not made good by that re-run, or a crash's verdict taken from the untraced re-run. (A program that takes
    another path when re-run, say random, can still leave a line of its first run unmarked.)
@@ -54,6 +55,7 @@ import traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 TESTS = "<tests>"  # assertion tests' code: never traced, its lines never in executed_lines
+SEEN = "<solution: seen>"  # a coverage re-run's code objects whose every line is marked: renamed, never traced
 MEMORY_BYTES, OUTPUT_BYTES, NPROC = 1 << 30, 16 << 20, 16  # RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC
 SANDBOX_UID = 61000  # as root a worker runs its tests as uid = gid = SANDBOX_UID + its pid % 4500: its own
 EXCERPT = 1000  # characters of stdout (the start) and stderr (the end) kept per test
@@ -267,10 +269,18 @@ def _run_traced(program, inp, after, timeout, cov, ctx, rerun_limit):
         return verdict, late and not gave_up, 0.0  # after a crash, the untraced run may have gone further
     if not gave_up or run[0] == "timeout" or rerun_limit <= 0:
         return run, not gave_up, 0.0
-    again = _run_one(program, inp, after, rerun_limit, (cov, math.inf), ctx)  # every line traced
-    complete = again[0] == run[0] and cov[0] == 0  # else killed, a crash the tracer may have caused, lines lost
+    again = _run_one(_unseen_only(program, cov), inp, after, rerun_limit, (cov, math.inf), ctx)  # until all are seen (3)
+    complete = cov[0] == 3 or again[0] == run[0] and cov[0] == 0  # else killed, a crash the tracer may have caused, lines lost
     cov[0] = 0
     return run, complete, again[1]
+
+def _unseen_only(code, cov, nested=False):
+    """`code` with each code object whose lines are all marked in cov renamed SEEN, which the tracers skip: a
+    coverage re-run traces only the code that may still mark a line (tracebacks, never shown, name SEEN)."""
+    consts = tuple(_unseen_only(c, cov, True) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    lines = {n for _, _, n in code.co_lines() if n and not (nested and n == code.co_firstlineno)}  # a def's first line: the enclosing code's
+    seen = all(0 < n < len(cov) and cov[n] for n in lines)
+    return code.replace(co_consts=consts, co_filename=SEEN if seen else code.co_filename)
 
 def _run_one(program, inp, after, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -407,7 +417,7 @@ def _assertions(tests, namespace) -> bytes:
     except AssertionError as e:
         tb = e.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == FILENAME:  # raised in the program, or in code it called
+            if tb.tb_frame.f_code.co_filename in (FILENAME, SEEN):  # raised in the program, or in code it called
                 raise
             tb = tb.tb_next
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)
@@ -490,9 +500,10 @@ def c_tracer(alone=False):
 def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
     """3.11 with coverage: its CTracer (driven as coverage's collector drives it) records the program's
     lines, in this thread and any it starts, into a set in this process; buf[0] = 2 until `finish` writes
-    them to buf. After `budget` s tracing stops, as the Python tracer gives up (a _thread timer: no signal,
-    and no thread that `threading` lists): buf[0] = 1 if a line of the program is still unmarked. A kill,
-    or os._exit, leaves buf[0] = 2: nothing is known."""
+    them to buf. A _thread watcher (no signal, and no thread that `threading` lists) stops tracing once
+    every line not yet marked has run (a coverage-only re-run, budget inf, then exits: buf[0] = 3), or
+    after `budget` s, as the Python tracer gives up: buf[0] = 1 if a line of the program is still unmarked.
+    A kill, or os._exit, leaves buf[0] = 2: nothing is known."""
     lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
     program_lines = {n for code in codes for _, _, n in code.co_lines()  # a def's first line: the enclosing code's
                      if n and (code is codes[0] or n != code.co_firstlineno)}
@@ -501,7 +512,8 @@ def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
         d.original_filename = d.canonical_filename = d.source_filename = name
         d.trace, d.reason, d.file_tracer, d.has_dynamic_filename = name == FILENAME, "", None, False
         return d
-    if all(n >= len(buf) or buf[n] for n in program_lines):  # earlier tests ran every line: nothing to trace
+    needed = {n for n in program_lines if n < len(buf) and not buf[n]}  # the lines no earlier test marked
+    if not needed:  # earlier tests ran every line: nothing to trace
         return lambda: None
     cache = {FILENAME: disposition(FILENAME)}
     def start(*event):  # a tracer for this thread: called here, and as threading's trace function in new ones
@@ -529,12 +541,19 @@ def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
                 if 0 < n < len(buf):
                     buf[n] = 1
             buf[0] = int(gave_up and any(n < len(buf) and not buf[n] for n in program_lines))
-    def give_up():
-        time.sleep(budget)
-        finish(True)
+    def watch(stop_at):  # every 5 ms: each needed line seen? then tracing stops (a re-run exits); at stop_at it gives up
+        while not done:
+            if needed <= lines:  # (one C call, under the GIL)
+                finish()
+                if budget == math.inf:  # a coverage-only re-run has nothing left to find
+                    buf[0] = 3
+                    os._exit(0)
+                return
+            if time.monotonic() >= stop_at:
+                return finish(True)
+            time.sleep(min(0.005, max(0.0, stop_at - time.monotonic())))
     buf[0] = 2
-    if budget < math.inf:
-        _thread.start_new_thread(give_up, ())
+    _thread.start_new_thread(watch, (time.monotonic() + budget,))
     threading.settrace(start)
     start()
     return finish

@@ -274,8 +274,12 @@ C_TRACED = [  # what the C tracer and the Python one must mark alike: nested cod
 
 def traced_lines(code, ctracer, budget=math.inf):
     """The buffer the child's tracer fills for `code` run in a fork of this process (buf[0]: the give-up flag)."""
+    return traced_lines_of(compile(code, containment.FILENAME, "exec"), code.count("\n"), ctracer, budget)
+
+
+def traced_lines_of(program, n_lines, ctracer, budget=math.inf):
     import mmap
-    program, buf = compile(code, containment.FILENAME, "exec"), mmap.mmap(-1, code.count("\n") + 2)
+    buf = mmap.mmap(-1, n_lines + 2)
     pid = os.fork()
     if pid == 0:
         with open(os.devnull, "w") as sys.stdout:
@@ -298,6 +302,32 @@ def test_the_c_tracer_marks_the_lines_the_python_tracer_marks(code):
 def test_c_tracer_lines_lost_to_os_exit_make_coverage_incomplete_not_wrong():
     r = run1("import os\nprint(1, flush=True)\nos._exit(0)\n", "", "1")
     assert r.status == "pass" and r.coverage_complete is False  # its lines were never written out
+
+
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
+def test_a_c_traced_coverage_rerun_ends_once_every_line_is_marked():
+    # a coverage-only re-run (budget inf) has nothing left to learn once each line ran: it exits, flag 3
+    start = time.monotonic()
+    buf = traced_lines("x = 1\nimport time\ntime.sleep(30)\n", containment.c_tracer())
+    assert time.monotonic() - start < 10 and buf[0] == 3 and buf[1:4] == [1, 1, 1]
+
+
+@pytest.mark.skipif(containment.c_tracer() is None, reason="coverage's C tracer: Python 3.11 with coverage installed")
+def test_a_coverage_rerun_traces_only_code_with_unmarked_lines():
+    code = "def f(n):\n    return n + 1\ndef g(n):\n    m = n * 2\n    return m\nprint(f(1), g(2))\n"
+    marked = bytearray(8)
+    marked[2] = marked[4] = 1  # the first run marked f's body and g's first line: f is renamed, g is not
+    program = containment._unseen_only(compile(code, containment.FILENAME, "exec"), marked)
+    names = {c.co_name: c.co_filename for c in program.co_consts if isinstance(c, type(program))}
+    assert names == {"f": containment.SEEN, "g": containment.FILENAME} and program.co_filename == containment.FILENAME
+    assert traced_lines_of(program, 6, containment.c_tracer())[1:7] == [1, 0, 1, 1, 1, 1]  # f: not marked again
+
+
+def test_an_assertion_error_in_renamed_program_code_is_the_program_s_not_a_failed_test():
+    namespace = {}
+    exec(compile("def f():\n    assert False\n", containment.SEEN, "exec"), namespace)
+    with pytest.raises(AssertionError):
+        containment._assertions(compile("f()\n", containment.TESTS, "exec"), namespace)
 
 
 def test_coverage_reruns_of_a_program_take_one_timeout_at_most():
