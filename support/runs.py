@@ -494,7 +494,7 @@ def reward_lines(rows: list[dict]) -> list[str]:
 
 def pass_at_k_line(split: str, before: dict, after: dict) -> str | None:
     """A problem set's overall pass@1 and pass@k at its largest k (the samples per problem), before -> after,
-    each with its 95% interval over problems (stepcoder.interval95: normal approximation); None for an
+    each with its 95% interval over problems (support/evaluation.py: interval95, the normal approximation); None for an
     evaluation written before reports had pass@k. "-": the earlier report lacks that k."""
     if "pass@k" not in after:
         return None
