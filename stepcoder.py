@@ -59,7 +59,7 @@ from tqdm import tqdm
 import curriculum
 import sandbox
 from curriculum import FENCE, fit_prompt, is_chat
-from support import distributed, evaluation, memory
+from support import display, distributed, evaluation, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.page import keep_page_until, record_step, write_page
@@ -584,8 +584,8 @@ def train(cfg: Config):
         distributed.own_rng()  # rank r > 0: its own sampling stream (support/distributed.py says how)
         run.progress["saved"] = f"step {start}"
         if distributed.is_main():
-            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
-                                         cccs.enabled, cccs.plain_fraction, start, set(cccs.stages.values()) == {0}))
+            tqdm.write(display.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
+                                      cccs.enabled, cccs.plain_fraction, start, set(cccs.stages.values()) == {0}))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
             keep_page_until(run.dir, start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
