@@ -157,7 +157,7 @@ def _judge(raw, tests) -> ExecResult:
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
                       coverage_complete=raw["complete"])
 
-# ---------------------------------------------------------------- command line (its parser and printing: support/display.py)
+# ---------------------------------------------------------------- command line (printing: support/display.py)
 def main(argv=None):
     from support import display  # what the command line reads and prints; the judge above needs neither
     parser, args = display.sandbox_arguments(argv)

@@ -1,16 +1,10 @@
-"""What the two standalone command lines print, and the run's budget line: plumbing of curriculum.py and
-sandbox.py, whose `main`s parse here, call their module and print what these functions return.
-
-    python curriculum.py --id 1013 --steps 30    # show: stages and prompts; schedule: the ceiling's steps
-    python curriculum.py --stats                 # stats: difficulties, kinds of tests, histogram of E
+"""What `python curriculum.py` and `python sandbox.py` print, and the run's budget line: plumbing, not the method.
+Each module's `main` parses its flags here, calls its module and prints what these functions return:
+    python curriculum.py --id 1013 --steps 30    # show (stages, prompts), schedule; --stats: stats
     python sandbox.py PROGRAM.py --data data/train.json --id 3 --show-coverage   # sandbox_report, coverage
-
-`budget` is the line stepcoder.py prints at the start of a run; `first_failure` and `cut` also serve the
-rollouts page (support/page.py). No torch: sandbox.py stays importable without it.
+`first_failure` and `cut` also serve the rollouts page (support/page.py). No torch here (sandbox.py imports it).
 """
-import argparse
-import json
-import math
+import argparse, json, math
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -120,8 +114,7 @@ def sandbox_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, 
 
 
 def sandbox_inputs(args: argparse.Namespace) -> tuple[str, dict]:
-    """The program's code and the tests of problem --id of --data, by the validated loader (APPS+ and APPS
-    layouts). Raises OSError or ValueError (JSON and Unicode errors too) with what is wrong."""
+    """The program's code, and problem --id's tests by the validated loader; OSError or ValueError if wrong."""
     with open(args.program, encoding="utf-8") as f:
         code = f.read()
     problems = {str(q.problem_id): q for q in load_problems(args.data)}
@@ -131,8 +124,7 @@ def sandbox_inputs(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def sandbox_report(code: str, tests: dict, result, as_json: bool, show_coverage: bool) -> str:
-    """The verdict as `python sandbox.py` prints it: the ExecResult as JSON, or each test's verdict and time,
-    the first failing test and the status line (with --show-coverage, the program's coverage first)."""
+    """What `python sandbox.py` prints: the ExecResult as JSON, or (coverage,) each test, the first failing one."""
     failure = first_failure(result, tests)
     if as_json:
         cut_failure = None if failure is None else {k: cut(v) if isinstance(v, str) else v for k, v in failure.items()}

@@ -1,26 +1,20 @@
-"""The evaluation before and after RL: pass@1 and pass@k of the policy with full generation (CCCS stage 0).
-Not the method: stepcoder.py's `train` calls `run_evaluation` after the warm start and after the last PPO step.
-
-    python3 stepcoder.py --model tiny                   # tiny: --eval on, 8 samples per problem at T = 0.5
+"""pass@1 and pass@k before and after RL, with full generation (CCCS stage 0): not the method. stepcoder.py's
+`train` calls `run_evaluation` after the warm start and after the last step (--eval; tiny: on), e.g.
     python3 stepcoder.py --model deepseek-coder-1.3b --eval --test-data humaneval
 
-What it implements: each problem's prompt at stage 0, greedy decoding and --eval-samples samples at
---eval-temperature (stepcoder.py's sampling and sandbox, which tests stub), judged as the rollouts are; per
-difficulty and overall, pass@1, greedy's pass rate and the mean reward (Eq. 3); pass@k for k = 1, the powers
-of 2 and n by Chen et al. 2021's unbiased estimator (`pass_at_k`), with 95% intervals over problems (normal
-approximation: `interval95`), into RUN/eval_step<N>.json, which support/runs.py's summary reads.
+Each problem at stage 0, decoded greedily and --eval-samples times at --eval-temperature with stepcoder.py's
+sampling and sandbox; per difficulty and overall: pass@1, greedy's pass rate, the mean reward (Eq. 3), and
+pass@k by Chen et al. 2021's unbiased estimator (`pass_at_k`) with 95% intervals over problems (`interval95`,
+the normal approximation), into RUN/eval_step<N>.json.
 """
-import json
-import math
-import statistics
+import json, math, statistics
 from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
-import curriculum
-import sandbox
-import stepcoder  # its prompts, sampling and sandbox, looked up at call time: stepcoder.py imports this module
+import curriculum, sandbox
+import stepcoder  # its prompts, sampling and sandbox, looked up when called: stepcoder.py imports this module
 from curriculum import fit_prompt
 from support import distributed
 from support.config import Config
