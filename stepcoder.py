@@ -63,9 +63,9 @@ from support import display, distributed, evaluation, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.page import keep_page_until, record_step, write_page
-from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, interrupted, keep_metrics_until,
-                          load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint, restore_signals,
-                          save_checkpoint, show_rollouts, step_metrics, stopped, summary)
+from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, exit_code, interrupted,
+                          keep_metrics_until, load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint,
+                          restore_signals, save_checkpoint, show_rollouts, step_metrics, stopped, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -615,26 +615,9 @@ def main(argv: list[str] | None = None) -> int:
             print(memory.report(cfg))
             return 0
         train(cfg)
-    except (UsageError, curriculum.DataError) as e:
-        if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
-            print(f"stepcoder: error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:
-        if distributed.is_main():
-            print(f"stepcoder: {e}", file=sys.stderr)
-        return e.exit_code
-    except NotImplementedError as e:  # a student handout's exercise not written yet (docs/ASSIGNMENTS.md)
-        if not str(e).startswith("exercise "):
-            raise
-        print(f"stepcoder: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before the run directory was chosen: nothing to continue
-        print("stepcoder: interrupted", file=sys.stderr)
-        return 130
-    except torch.cuda.OutOfMemoryError:
-        print("stepcoder: CUDA out of memory: try --sampler policy (no 16-bit copy for decoding), a smaller "
-              "--gen-batch-size or --minibatch-size, or fewer --max-new-tokens", file=sys.stderr)
-        return 1
+    except (UsageError, curriculum.DataError, Interrupted, NotImplementedError, KeyboardInterrupt,
+            torch.cuda.OutOfMemoryError) as e:
+        return exit_code(e)  # support/runs.py: one line on stderr, and the exit status
     return 0
 
 

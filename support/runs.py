@@ -33,6 +33,7 @@ from tqdm import tqdm
 import sandbox
 from support import distributed
 from support.config import Config, Interrupted, UsageError
+from support.problems import DataError
 
 
 @dataclass
@@ -216,6 +217,30 @@ def stopped(run: Run) -> Interrupted:
     return Interrupted(f"stopped by {signal_name(run.stop)} after step {run.progress.get('step')} (last "
                        f"checkpoint: {run.progress['saved']}); continue with: python3 stepcoder.py --resume {run.dir}",
                        exit_code=128 + run.stop)
+
+
+def exit_code(error: BaseException) -> int:
+    """What `python stepcoder.py` prints on stderr for an error that ends it, and its exit status. A
+    NotImplementedError other than a handout's exercise is raised again."""
+    if isinstance(error, (UsageError, DataError)):
+        if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
+            print(f"stepcoder: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, Interrupted):
+        if distributed.is_main():
+            print(f"stepcoder: {error}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, NotImplementedError):  # a student handout's exercise not written yet (docs/ASSIGNMENTS.md)
+        if not str(error).startswith("exercise "):
+            raise error
+        print(f"stepcoder: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):  # before the run directory was chosen: nothing to continue
+        print("stepcoder: interrupted", file=sys.stderr)
+        return 130
+    print("stepcoder: CUDA out of memory: try --sampler policy (no 16-bit copy for decoding), a smaller "
+          "--gen-batch-size or --minibatch-size, or fewer --max-new-tokens", file=sys.stderr)
+    return 1
 
 
 MASKED_ON, MASKED_OFF = "\x1b[2;9m", "\x1b[0m"  # a terminal's dim, struck-through text: FGO's masked tokens
