@@ -50,7 +50,6 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -63,9 +62,9 @@ from support import display, distributed, evaluation, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.page import keep_page_until, record_step, write_page
-from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, exit_code, interrupted,
-                          keep_metrics_until, load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint,
-                          restore_signals, save_checkpoint, show_rollouts, step_metrics, stopped, summary)
+from support.runs import (Run, end_step, exit_code, interrupted, keep_metrics_until, load_checkpoint, log_step,
+                          open_run, open_tensorboard, plot_run, restore_signals, save_checkpoint, show_rollouts,
+                          step_metrics, stopped, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -557,19 +556,8 @@ def train(cfg: Config):
     device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group
     memory.check_gpu(cfg, device)  # on CUDA: settings that fit its free memory, before the weights load
     sft_problems = curriculum.load_problems(cfg.sft_data) if cfg.sft_data else problems  # the warm start's
-    evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
-    if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
-        evals["test"] = curriculum.load_problems(cfg.test_data)
-    if cfg.resume and distributed.is_main():
-        recover_checkpoint(Path(cfg.out))  # a crash while saving: the newest complete checkpoint
-    distributed.barrier()
-    start = check_run_dir(cfg)
-    run = Run(Path(cfg.out), progress={"where": "while loading the model", "saved": "none"})
-    handlers = catch_stop_signals(run)
-    resuming = bool(cfg.resume) and (run.dir / "checkpoint").exists()
-    distributed.barrier()  # every rank has read the run directory before rank 0 writes into it
-    if start and distributed.is_main():
-        tqdm.write(f"resuming {run.dir} from its checkpoint at step {start} (to step {cfg.steps})")
+    evals = evaluation.problem_sets(cfg, problems)  # --eval: pass@1 on the training problems and on held-out ones
+    run, start, resuming, handlers = open_run(cfg)  # support/runs.py: checked, a crash's checkpoint recovered
     try:
         agent = load_agent(cfg, sft_problems, run, device, resuming)  # (it seeds torch with --seed)
         rng = random.Random(cfg.seed)  # RL's own: problem draws

@@ -9,6 +9,7 @@ the normal approximation), into RUN/eval_step<N>.json.
 """
 import json, math, statistics
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -20,6 +21,14 @@ from support import distributed
 from support.config import Config
 from support.models import refresh_sampler
 from support.runs import Run, write_atomically
+
+
+def problem_sets(cfg: Config, problems: list) -> dict:
+    """What --eval evaluates: "train", the training problems; "test", --test-data's (unless it is --data)."""
+    evals = {"train": problems}
+    if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
+        evals["test"] = curriculum.load_problems(cfg.test_data)
+    return evals
 
 
 def run_evaluation(agent, evals: dict, cfg: Config, run: Run, step: int) -> None:

@@ -184,6 +184,22 @@ def restore_signals(handlers: dict | None) -> None:
         signal.signal(signum, handler)
 
 
+def open_run(cfg: Config) -> tuple[Run, int, bool, dict | None]:
+    """stepcoder.py's run directory (--out): checked, a crash's checkpoint recovered, Ctrl-C and SIGTERM caught from
+    here on. -> (run, the step it starts from, whether it resumes from a checkpoint, handlers for restore_signals)"""
+    if cfg.resume and distributed.is_main():
+        recover_checkpoint(Path(cfg.out))  # a crash while saving: the newest complete checkpoint
+    distributed.barrier()
+    start = check_run_dir(cfg)
+    run = Run(Path(cfg.out), progress={"where": "while loading the model", "saved": "none"})
+    handlers = catch_stop_signals(run)
+    resuming = bool(cfg.resume) and (run.dir / "checkpoint").exists()
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes into it
+    if start and distributed.is_main():
+        tqdm.write(f"resuming {run.dir} from its checkpoint at step {start} (to step {cfg.steps})")
+    return run, start, resuming, handlers
+
+
 def end_step(run: Run, step: int, due: bool, save) -> bool:
     """The end of a PPO step, on every rank: whether a signal asked the run to stop, the same answer on every
     rank (any rank's signal stops them all, at this step); rank 0 calls `save` (the step's checkpoint) if it is
