@@ -34,7 +34,6 @@ Departures from the paper and why (the loader's: support/problems.py):
    the run done, so that every run ends as plain RL whatever its budget (a problem visited once or
    twice would otherwise never leave its completion stages).
 """
-import argparse
 import ast
 import io
 import math
@@ -43,7 +42,6 @@ import sys
 from collections import Counter
 from fractions import Fraction
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from support.problems import (DIFFICULTIES, HUMANEVAL, DataError, Problem, load_problems,  # noqa: F401 (re-exported)
@@ -186,27 +184,6 @@ def stage_ceiling(k: int, step: int, first_plain: int) -> int:
     return -(-k * (first_plain - step) // (first_plain - 1))
 
 
-def budget(n_problems: int, steps: int, problems_per_step: int, samples_per_problem: int, cccs: bool,
-           plain_fraction: float, start: int = 0, all_plain: bool = False) -> str:
-    """The run's budget in one line: problems, rollouts, visits per problem, when plain generation starts. A
-    resumed run's (`start`: its checkpoint's step; `cccs`, `plain_fraction`: its curriculum's; `all_plain`: every
-    problem at stage 0 there) counts the steps left and says what its curriculum will do."""
-    per_step = min(problems_per_step, n_problems)
-    left = steps - start
-    visits = left * per_step / n_problems
-    line = (f"budget: {n_problems} problems, {left} PPO steps{f' (steps {start + 1}-{steps})' if start else ''} x "
-            f"{per_step} problems x {samples_per_problem} samples = {left * per_step * samples_per_problem} rollouts; "
-            f"each problem visited {visits:.1f} times ({visits * samples_per_problem:.1f} rollouts)")
-    if not cccs:
-        return line + "; CCCS off: plain generation throughout"
-    if all_plain:
-        return line + "; every problem at plain generation already"
-    if plain_fraction == 0:
-        return line + "; CCCS by the per-problem threshold alone (no schedule)"
-    first = max(plain_from(steps, plain_fraction), start + 1)  # (a checkpoint past it: the next step brings them)
-    return line + f"; every problem at plain generation from step {first} (the last {steps - first + 1} steps)"
-
-
 FENCE = "```"  # an instruct prompt ends in an opening fence; the program ends at the closing one
 
 
@@ -265,61 +242,9 @@ def fit_prompt(tok: Any, problem: Problem, prefix: str, max_tokens: int) -> tupl
     return prompt(problem.question[:low] + " ..."), True
 
 
-def show(problem: Problem) -> str:
-    """The canonical solution with split points and stage boundaries marked, then every stage's prompt."""
-    p, code = problem, problem.canonical_solution
-    points, prefixes = split_points(code), stage_prefixes(code)
-    K = len(prefixes) - 1
-    starts = {len(_lines(pre)) + 1: K - k for k, pre in enumerate(prefixes[:-1])}  # first line the policy writes
-    kind = f"call-based: {p.fn_name}" if p.fn_name else "assertion tests" if p.test_code is not None else "stdin"
-    out = [f"problem {p.problem_id} ({p.difficulty}, {kind}): E={len(points)} conditional statements [i], "
-           f"K={K} completion stages + stage 0 (plain generation)", ""]
-    for n, line in enumerate(_lines(code), 1):
-        if n in starts:
-            out.append(f"     ---- stage {starts[n]}: the prompt holds the lines above; the policy writes the rest")
-        out.append(f"{n:4d} {f'[{points.index(n)}]' if n in points else '':>5} {line.rstrip()}")
-    out += ["", "==== prompt (every stage; the stage's prefix follows it) ====", build_prompt(p).rstrip("\n")]
-    for k, pre in enumerate(prefixes[:-1] + [program_prefix(p, "")]):  # stage 0: a base model's
-        out += [f"==== stage {K - k}: prefix of {len(_lines(pre))} lines ====", pre.rstrip("\n") or "(none)"]
-    return "\n".join(out)
-
-
-def schedule(problem: Problem, steps: int, plain_fraction: float = PLAIN_FRACTION) -> str:
-    """The steps of a run of `steps` PPO steps at which the schedule's ceiling holds each stage of the problem."""
-    k = len(stage_prefixes(problem.canonical_solution)) - 1
-    first = plain_from(steps, plain_fraction)
-    out = [f"schedule of a {steps}-step run (--cccs-plain-fraction {plain_fraction}): every problem at stage 0 "
-           f"from step {first}; the threshold may move this one sooner"]
-    for c in range(k, -1, -1):
-        held = [t for t in range(1, steps + 1) if stage_ceiling(k, t, first) == c]
-        if held:
-            out.append(f"  ceiling {c}: steps {held[0]}-{held[-1]}")
-    return "\n".join(out)
-
-
-def stats(problems: list[Problem]) -> str:
-    calls = sum(p.fn_name is not None for p in problems)
-    asserts = sum(p.test_code is not None for p in problems)
-    cls = sum("class Solution" in p.canonical_solution for p in problems)
-    diff, tests = Counter(p.difficulty for p in problems), [len(p.inputs) for p in problems]
-    out = [f"{len(problems)} problems: " + ", ".join(f"{d} {diff[d]}" for d in DIFFICULTIES),
-           f"stdin {len(problems) - calls - asserts}, call-based {calls} ({cls} as class Solution methods), "
-           f"assertion tests {asserts}",
-           f"tests per problem: min {min(tests)}, max {max(tests)}",
-           "E (conditional statements): stages K+1 (K with split point 0 on line 1), problems"]
-    for e, n in sorted(Counter(len(split_points(p.canonical_solution)) for p in problems).items()):
-        out.append(f"  E={e:3d}  K+1={math.ceil(math.sqrt(e)) + 1:2d}  {n:4d} {'#' * n}")
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Show problems and their CCCS stages (StepCoder §3.2).")
-    ap.add_argument("--data", default=str(Path(__file__).parent / "data" / "train.json"),
-                    help="a JSON list or JSON Lines file, or humaneval (default: the bundled data/train.json)")
-    ap.add_argument("--id", help="show one problem: split points, stage boundaries, each stage's prompt")
-    ap.add_argument("--stats", action="store_true", help="counts per difficulty, stdin/call-based, histogram of E")
-    ap.add_argument("--steps", type=int, help="with --id: the schedule's ceiling over a run of this many PPO steps")
-    args = ap.parse_args(argv)
+    from support import display  # the command line's flags and what it prints (it imports this module)
+    args = display.curriculum_arguments(argv)
     try:
         problems = load_problems(args.data)
         match = [p for p in problems if str(p.problem_id) == args.id]
@@ -329,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if match:
-        print(show(match[0]))
+        print(display.show(match[0]))
     if match and args.steps:
-        print(schedule(match[0], args.steps))
+        print(display.schedule(match[0], args.steps))
     if args.stats or args.id is None:
-        print(stats(problems))
+        print(display.stats(problems))
     return 0
 
 
 if __name__ == "__main__":
+    sys.modules["curriculum"] = sys.modules[__name__]  # support/display.py's `import curriculum`: this module, not a second copy
     sys.exit(main())

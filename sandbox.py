@@ -28,13 +28,12 @@ Departures from the paper / the APPS harness, and why:
    leaves the rollout out of the loss, the curriculum and the evaluation's pass counts). Test data the
    sandbox cannot pass on (a lone surrogate in a string) is refused earlier, by support/problems.py.
 """
-import argparse, decimal, json, math, re, sys
-from dataclasses import asdict, dataclass, field
-from support.containment import EXCERPT, compiled_tests, landlock_abi, python_lines, run_programs  # noqa: F401 (landlock_abi: for callers)
+import decimal, json, math, re, sys
+from dataclasses import dataclass, field
+from support.containment import EXCERPT, compiled_tests, landlock_abi, run_programs  # noqa: F401 (landlock_abi: for callers)
 
 REWARDS = {"pass": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, "timeout": -0.6, "compile_error": -1.0}
 SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed, twice: no verdict, reward NaN (departure 3)
-SHOWN = 300  # characters of the first failing test's input, expected and actual output the command line shows
 
 @dataclass
 class TestResult:
@@ -158,84 +157,17 @@ def _judge(raw, tests) -> ExecResult:
     return ExecResult(status, passed, total, REWARDS[status], frozenset(raw["lines"]), details,
                       coverage_complete=raw["complete"])
 
-# ---------------------------------------------------------------- command line
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # bad input: one line, status 2
-        self.exit(2, f"sandbox.py: error: {message}; usage: {self.usage}\n")
-
+# ---------------------------------------------------------------- command line (printing: support/display.py)
 def main(argv=None):
-    usage = "python sandbox.py PROGRAM.py --data FILE --id ID [--timeout S] [--json] [--show-coverage]"
-    p = _ArgumentParser(description="Run a program on a problem's tests: verdict, reward, coverage.", usage=usage)
-    p.add_argument("program", help="a Python file")
-    p.add_argument("--data", required=True, help="problems file (read by curriculum.load_problems)")
-    p.add_argument("--id", required=True, help="problem_id of the problem whose tests to run")
-    p.add_argument("--timeout", type=float, default=4.0, help="seconds per test (default 4)")
-    p.add_argument("--json", action="store_true", help="print the ExecResult as JSON")
-    p.add_argument("--show-coverage", action="store_true", help="print the program, executed lines marked")
-    args = p.parse_args(argv)
+    from support import display  # what the command line reads and prints; the judge above needs neither
+    parser, args = display.sandbox_arguments(argv)
     try:
-        from support.problems import load_problems, missing_id  # the validated loader (APPS+ and APPS layouts)
-        with open(args.program, encoding="utf-8") as f:
-            code = f.read()
-        problems = {str(q.problem_id): q for q in load_problems(args.data)}
-        if args.id not in problems:
-            raise ValueError(missing_id(args.id, args.data, list(problems.values())))
-        result = run_tests(code, problems[args.id].tests, args.timeout)
+        code, tests = display.sandbox_inputs(args)
+        result = run_tests(code, tests, args.timeout)
     except (OSError, ValueError, ImportError) as e:  # ValueError includes JSON and Unicode errors
-        p.exit(2, f"sandbox.py: error: {e}\n")
-    failure = _first_failure(result, problems[args.id].tests)
-    if args.json:
-        cut = None if failure is None else {k: _cut(v) if isinstance(v, str) else v for k, v in failure.items()}
-        print(json.dumps({**asdict(result), "executed_lines": sorted(result.executed_lines), "first_failure": cut},
-                         indent=1))
-        return 0 if result.status == "pass" else 1
-    if args.show_coverage:
-        print(_coverage(code, result))
-    for i, d in enumerate(result.details, 1):
-        error = f"  {d.stderr[-200:].strip()}" if d.verdict == "runtime_error" else ""
-        print(f"test {i}: {d.verdict:13} {d.seconds:.3f} s{error}")
-    if failure is not None:
-        print(f"first failing test: test {failure['test']} ({failure['verdict']})")
-        tests = problems[args.id].tests
-        show = str if tests["fn_name"] or "test_code" in tests else repr  # stdin: quoted, \n shown
-        for key in ("input", "expected", "actual"):
-            print(f"  {key + ':':9} {_cut(failure[key], show)}")
-    print(f"{result.status}: reward {result.reward:+.1f}, passed {result.passed}/{result.total} {result.error}")
+        parser.exit(2, f"sandbox.py: error: {e}\n")
+    print(display.sandbox_report(code, tests, result, args.json, args.show_coverage))
     return 0 if result.status == "pass" else 1
-
-def _coverage(code: str, result) -> str:
-    """The program with each line marked: + ran, - never ran, blank: a blank or comment line. A program that
-    does not compile ran nothing, and FGO keeps all its tokens (docs/METHOD.md, section 4)."""
-    unmarked = result.status == "compile_error"
-    out = ["coverage: + ran, - never ran, blank: a blank or comment line" + (" (or nothing ran)" if unmarked else "")]
-    if unmarked:
-        out.append("(the program does not compile: no line ran, and FGO keeps every token of it)")
-    elif not result.coverage_complete:
-        out.append("(coverage incomplete: a line marked - may have run; FGO keeps every token of this program)")
-    for n, line in enumerate(python_lines(code), 1):  # numbered as Python numbers them, not by str.splitlines
-        line = line.rstrip("\r\n")
-        blank = unmarked or line.strip()[:1] in ("", "#")
-        mark = "+" if n in result.executed_lines else " " if blank else "-"
-        out.append(f"{n:4} {mark} | {line}")
-    return "\n".join(out)
-
-def _first_failure(result, tests):
-    """The first test that ran and did not pass: number, verdict, input, expected and actual output as text
-    (call-based: as JSON; actual: the returned value; assertion tests: the test code, the traceback); None if none."""
-    call = tests["fn_name"] is not None
-    for i, d in enumerate(result.details):
-        if d.verdict != "pass" and "test_code" in tests:
-            return {"test": i + 1, "verdict": d.verdict, "input": tests["test_code"],
-                    "expected": "every assertion holds", "actual": d.stderr}
-        if d.verdict != "pass":
-            inp, want = tests["inputs"][i], tests["outputs"][i]
-            return {"test": i + 1, "verdict": d.verdict, "input": json.dumps(inp) if call else inp,
-                    "expected": json.dumps(want) if call else want, "actual": d.returned if call else d.stdout}
-    return None
-
-def _cut(text, show=str):
-    """`text` shown by `show`, cut at SHOWN characters with "..." after."""
-    return show(text) if len(text) <= SHOWN else show(text[:SHOWN]) + "..."
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ What it implements (Dou et al., 2024, arXiv 2402.01391; docs/METHOD.md), in the 
     4. FGO mask (Sec. 3.3)                     5. log-probs of the policy and the reference, values
     6. per-token KL penalty (Eq. 4), GAE (Eq. 2)
     7. clipped PPO surrogate (Eq. 1) on the tokens FGO keeps, and the value loss
-    8. the loop: log, checkpoint; evaluation before and after RL.
+    8. the loop: log, checkpoint; evaluation before and after RL (support/evaluation.py).
 The policy is a LoRA adapter on a (4-bit) base model; the value head is one linear layer on the same
 forward pass; the reference policy is the same model with the adapter disabled (support/models.py).
 `--algo grpo` changes steps 5-7 only (GRPO, Shao et al. 2024): no values, group advantages, the KL a loss term.
@@ -45,15 +45,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
-import math
 import random
-import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -62,13 +58,13 @@ from tqdm import tqdm
 import curriculum
 import sandbox
 from curriculum import FENCE, fit_prompt, is_chat
-from support import distributed, memory
+from support import display, distributed, evaluation, memory
 from support.config import Config, Interrupted, UsageError, parse_config
 from support.models import decode, in_row_groups, load_agent, make_optimizer, quiet_libraries, refresh_sampler
 from support.page import keep_page_until, record_step, write_page
-from support.runs import (Run, catch_stop_signals, check_run_dir, end_step, interrupted, keep_metrics_until,
-                          load_checkpoint, log_step, open_tensorboard, plot_run, recover_checkpoint, restore_signals,
-                          save_checkpoint, show_rollouts, step_metrics, stopped, summary, write_atomically)
+from support.runs import (Run, end_step, exit_code, interrupted, keep_metrics_until, load_checkpoint, log_step,
+                          open_run, open_tensorboard, plot_run, restore_signals, save_checkpoint, show_rollouts,
+                          step_metrics, stopped, summary)
 
 
 # ---------------------- 1. the prompt: instruction + the stage's canonical prefix (CCCS) ---
@@ -560,19 +556,8 @@ def train(cfg: Config):
     device = distributed.init()  # the GPU, or the CPU; several ranks: joins the process group
     memory.check_gpu(cfg, device)  # on CUDA: settings that fit its free memory, before the weights load
     sft_problems = curriculum.load_problems(cfg.sft_data) if cfg.sft_data else problems  # the warm start's
-    evals = {"train": problems}  # --eval: pass@1 on the training problems and on held-out ones
-    if cfg.eval and Path(cfg.test_data).resolve() != Path(cfg.data).resolve():
-        evals["test"] = curriculum.load_problems(cfg.test_data)
-    if cfg.resume and distributed.is_main():
-        recover_checkpoint(Path(cfg.out))  # a crash while saving: the newest complete checkpoint
-    distributed.barrier()
-    start = check_run_dir(cfg)
-    run = Run(Path(cfg.out), progress={"where": "while loading the model", "saved": "none"})
-    handlers = catch_stop_signals(run)
-    resuming = bool(cfg.resume) and (run.dir / "checkpoint").exists()
-    distributed.barrier()  # every rank has read the run directory before rank 0 writes into it
-    if start and distributed.is_main():
-        tqdm.write(f"resuming {run.dir} from its checkpoint at step {start} (to step {cfg.steps})")
+    evals = evaluation.problem_sets(cfg, problems)  # --eval: pass@1 on the training problems and on held-out ones
+    run, start, resuming, handlers = open_run(cfg)  # support/runs.py: checked, a crash's checkpoint recovered
     try:
         agent = load_agent(cfg, sft_problems, run, device, resuming)  # (it seeds torch with --seed)
         rng = random.Random(cfg.seed)  # RL's own: problem draws
@@ -587,16 +572,16 @@ def train(cfg: Config):
         distributed.own_rng()  # rank r > 0: its own sampling stream (support/distributed.py says how)
         run.progress["saved"] = f"step {start}"
         if distributed.is_main():
-            tqdm.write(curriculum.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
-                                         cccs.enabled, cccs.plain_fraction, start, set(cccs.stages.values()) == {0}))
+            tqdm.write(display.budget(len(problems), cfg.steps, cfg.problems_per_step, cfg.samples_per_problem,
+                                      cccs.enabled, cccs.plain_fraction, start, set(cccs.stages.values()) == {0}))
             keep_metrics_until(run.dir / "metrics.jsonl", start)
             keep_page_until(run.dir, start)
             run.tensorboard = open_tensorboard(run.dir, cfg.tensorboard)
         if cfg.eval and start == 0 and not (run.dir / "eval_step0.json").exists():
-            run_evaluation(agent, evals, cfg, run, 0)  # (--steps 0: the warm start alone)
+            evaluation.run_evaluation(agent, evals, cfg, run, 0)  # (--steps 0: the warm start alone)
         ppo_loop(cfg, agent, optimizer, cccs, problems, rng, run, start)
         if cfg.eval and cfg.steps > 0:
-            run_evaluation(agent, evals, cfg, run, cfg.steps)
+            evaluation.run_evaluation(agent, evals, cfg, run, cfg.steps)
     except KeyboardInterrupt:
         raise interrupted(run) from None
     finally:
@@ -609,125 +594,6 @@ def train(cfg: Config):
     return run.dir, agent.policy, agent.value_head
 
 
-# ------------------------------- evaluation (not the method: pass@k before and after RL) ---
-
-def run_evaluation(agent, evals: dict, cfg: Config, run: Run, step: int) -> None:
-    """pass@1 at stage 0 on each problem set (held-out ones greedily, unless --eval-test-sampled), into
-    eval_step<N>.json; rank 0 alone. Its own RNG, seeded with 0 at every evaluation of every run: a run
-    with --eval trains exactly as one without, and all evaluations share their random numbers (a change
-    is the model's, not the draw's)."""
-    if not distributed.is_main():
-        return
-    run.progress["where"] = f"during the evaluation at step {step}"
-    refresh_sampler(agent.sampler, agent.policy)
-    report = {}
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(0)
-        for split, problems in evals.items():
-            sampled = split == "train" or cfg.eval_test_sampled
-            settings = cfg if sampled else replace(cfg, eval_temperature=0.0)
-            report[split] = evaluate(agent, problems, settings, f"step {step}, {split}")
-    write_atomically(run.dir / f"eval_step{step}.json", json.dumps(report, indent=1))  # whole, or not at all
-
-
-def evaluate(agent, problems: list, cfg: Config, tag: str) -> dict:
-    """pass@1 at stage 0 (no canonical prefix), per difficulty and overall: the mean pass rate of
-    --eval-samples samples per problem at --eval-temperature (Chen et al. 2021's unbiased estimate
-    for k = 1), their mean reward (Eq. 3: on fixed problems, unlike the rollouts' under CCCS), and
-    greedy decoding's pass rate ("greedy"); pass@k with 95% intervals (`pass_at_ks`) from the samples,
-    or from the greedy decode without them; "problems": each problem's pass rates and passing samples.
-    A sample the sandbox failed on (sandbox_error: no verdict) is left out of its problem's samples (its
-    pass@k from the samples judged) and counted in "sandbox_errors", shown only where there are some."""
-    tok = agent.tok
-    starts = [prompt_prefix(curriculum.program_prefix(p, "", tok)) for p in problems]  # HumanEval, base: its prompt
-    prompts = [fit_prompt(tok, p, start, cfg.max_prompt_tokens)[0] for p, start in zip(problems, starts)]
-    order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))  # similar lengths pad less
-    problems = [problems[i] for i in order]
-    starts = [starts[i] for i in order]
-    ids, attention_mask = tokenize_prompts(tok, [prompts[i] for i in order], agent.device)
-    decodings = [("greedy", 0.0, 1)]
-    if cfg.eval_temperature > 0:
-        decodings.append(("pass@1", cfg.eval_temperature, cfg.eval_samples))
-    rewards = {d: {} for d in ("overall", *curriculum.DIFFICULTIES)}  # difficulty -> decoding -> rewards
-    passed = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> passing samples
-    judged = {str(p.problem_id): {} for p in problems}               # problem -> decoding -> samples judged
-    errors = dict.fromkeys(rewards, 0)                                # difficulty -> samples not judged
-    for key, temperature, n in decodings:
-        responses, _ = generate(agent.sampler, tok, ids.repeat_interleave(n, 0),
-                                attention_mask.repeat_interleave(n, 0), cfg.max_new_tokens, temperature,
-                                cfg.eval_top_p, cfg.gen_batch_size, f"eval {tag}, {key}")
-        programs = [start + program_text(tok, row) for start, row in zip(
-            (start for start in starts for _ in range(n)), responses.tolist())]
-        samples = [p for p in problems for _ in range(n)]
-        for p, result in zip(samples, sandbox_results(programs, samples, cfg)):
-            for difficulty in (p.difficulty, "overall"):
-                if result.status == sandbox.SANDBOX_ERROR:
-                    errors[difficulty] += 1
-                else:
-                    rewards[difficulty].setdefault(key, []).append(result.reward)
-            if result.status != sandbox.SANDBOX_ERROR:
-                counts, seen = passed[str(p.problem_id)], judged[str(p.problem_id)]
-                counts[key] = counts.get(key, 0) + (result.reward == 1.0)
-                seen[key] = seen.get(key, 0) + 1
-    key, _, n = decodings[-1]  # pass@k: from the samples, else from the greedy decode (n = 1)
-    report = {}
-    for d, by_decoding in rewards.items():
-        mine = [pid for pid, p in zip(judged, problems) if d in (p.difficulty, "overall") and key in judged[pid]]
-        if "greedy" in by_decoding and mine:
-            report[d] = pass_rates(by_decoding) | pass_at_ks([passed[pid][key] for pid in mine],
-                                                             [judged[pid][key] for pid in mine])
-            report[d] |= {"sandbox_errors": errors[d]} if errors[d] else {}
-    report["problems"] = {pid: {decoding: c / judged[pid][decoding] for decoding, c in counts.items()}
-                          | {"passed": counts.get(key, 0)}  # pass@k recomputes from it (pass_at_k(n, passed, k))
-                          | ({"judged": judged[pid].get(key, 0)} if judged[pid].get(key, 0) != n else {})
-                          for pid, counts in passed.items()}  # bench/ablations.py: problems the warm start never solves
-    tqdm.write(f"pass@1 ({tag})  " + "  ".join(
-        f"{d}: {v['pass@1']:.3f} (greedy {v['greedy']:.3f}, reward {v['reward']:+.3f}, n={v['n']})"
-        for d, v in report.items() if d != "problems"))
-    return report
-
-
-def pass_rates(by_decoding: dict) -> dict:
-    """decoding -> rewards  ->  pass@1 and mean reward of the samples (greedy's without samples), greedy's
-    pass rate, and the number of problems."""
-    sampled = by_decoding.get("pass@1", by_decoding["greedy"])
-    greedy = by_decoding["greedy"]
-    return {"pass@1": sampled.count(1.0) / len(sampled), "reward": sum(sampled) / len(sampled),
-            "greedy": greedy.count(1.0) / len(greedy), "n": len(greedy)}
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Chen et al. 2021's unbiased estimate of pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k),
-    as their product 1 - prod_{i = n-c+1..n} (1 - k / i) (no large binomials)."""
-    if not 1 <= k <= n or not 0 <= c <= n:
-        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every draw of k samples holds a passing one
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def interval95(values: list[float]) -> list[float]:
-    """A 95% interval for the mean of per-problem values, by the normal approximation: mean +- 1.96 *
-    sd / sqrt(problems) (sd with the n - 1 denominator), clipped to [0, 1]. Its spread is the problems',
-    as a new draw of problems would vary the mean. One problem gives no spread: [0, 1]."""
-    if len(values) < 2:
-        return [0.0, 1.0]
-    mean, half = statistics.mean(values), 1.96 * statistics.stdev(values) / math.sqrt(len(values))
-    return [max(0.0, mean - half), min(1.0, mean + half)]
-
-
-def pass_at_ks(passed: list[int], n: int | list[int]) -> dict:
-    """Each problem's passing samples of n -> "pass@k" for k = 1, the powers of 2 up to n, and n (the mean
-    over problems of `pass_at_k`), "ci95": the 95% intervals over problems of pass@1 and pass@n
-    (`interval95`), and "samples": n. `n` may be each problem's own (samples judged, evaluate): then n is
-    their largest, and pass@k a mean over the problems with k samples or more."""
-    each = n if isinstance(n, list) else [n] * len(passed)
-    n = max(each)
-    ks = sorted({1, n, *(2 ** j for j in range(n.bit_length()))})
-    per_problem = {k: [pass_at_k(m, c, k) for m, c in zip(each, passed) if m >= k] for k in ks}
-    return {"pass@k": {str(k): statistics.mean(values) for k, values in per_problem.items()},
-            "ci95": {f"pass@{k}": interval95(per_problem[k]) for k in (1, n)}, "samples": n}
-
 # -------------------------------------------------------------------------- command line ---
 
 def main(argv: list[str] | None = None) -> int:
@@ -737,28 +603,12 @@ def main(argv: list[str] | None = None) -> int:
             print(memory.report(cfg))
             return 0
         train(cfg)
-    except (UsageError, curriculum.DataError) as e:
-        if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
-            print(f"stepcoder: error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:
-        if distributed.is_main():
-            print(f"stepcoder: {e}", file=sys.stderr)
-        return e.exit_code
-    except NotImplementedError as e:  # a student handout's exercise not written yet (docs/ASSIGNMENTS.md)
-        if not str(e).startswith("exercise "):
-            raise
-        print(f"stepcoder: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before the run directory was chosen: nothing to continue
-        print("stepcoder: interrupted", file=sys.stderr)
-        return 130
-    except torch.cuda.OutOfMemoryError:
-        print("stepcoder: CUDA out of memory: try --sampler policy (no 16-bit copy for decoding), a smaller "
-              "--gen-batch-size or --minibatch-size, or fewer --max-new-tokens", file=sys.stderr)
-        return 1
+    except (UsageError, curriculum.DataError, Interrupted, NotImplementedError, KeyboardInterrupt,
+            torch.cuda.OutOfMemoryError) as e:
+        return exit_code(e)  # support/runs.py: one line on stderr, and the exit status
     return 0
 
 
 if __name__ == "__main__":
+    sys.modules["stepcoder"] = sys.modules[__name__]  # support/evaluation.py's `import stepcoder`: this module, not a second copy
     sys.exit(main())

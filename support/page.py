@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 import curriculum
-import sandbox
+from support import display
 from support.runs import metrics_lines, write_atomically
 
 PAGE, ROWS = "rollouts.html", "rollouts.jsonl"
@@ -73,19 +73,19 @@ def rollout_record(problem, stage: int, ceiling: int | None, prefix: str, pieces
     """One rollout as plain data: the problem, its stage and the schedule's ceiling (None: no schedule), the
     canonical prefix, the generated tokens' text with FGO's kept (1) / masked (0) flag, the lines of the program
     the sandbox ran (`program`, default: prefix + tokens; a chat model's last token may hold the closing fence),
-    and the sandbox's verdict, reward, executed lines and first failing test (sandbox._first_failure, cut)."""
-    failure = sandbox._first_failure(result, problem.tests)
+    and the sandbox's verdict, reward, executed lines and first failing test (support/display.py: first_failure, cut)."""
+    failure = display.first_failure(result, problem.tests)
     if failure is not None:
-        failure = {key: sandbox._cut(value) if isinstance(value, str) else value for key, value in failure.items()}
+        failure = {key: display.cut(value) if isinstance(value, str) else value for key, value in failure.items()}
         traceback = result.details[failure["test"] - 1].stderr
         if failure["verdict"] in ("runtime_error", "timeout") and traceback and traceback != failure["actual"]:
-            failure["stderr"] = traceback[-sandbox.SHOWN:]
+            failure["stderr"] = traceback[-display.SHOWN:]
     return {"why": why, "problem_id": problem.problem_id, "difficulty": problem.difficulty, "stage": stage,
             "ceiling": ceiling, "prefix": prefix, "pieces": pieces, "kept": [int(k) for k in kept],
             "program_lines": len((prefix + "".join(pieces) if program is None else program).splitlines()),
             "status": result.status, "reward": result.reward, "passed": result.passed, "total": result.total,
             "executed_lines": sorted(result.executed_lines), "coverage_complete": result.coverage_complete,
-            "error": result.error[-sandbox.SHOWN:], "first_failure": failure}
+            "error": result.error[-display.SHOWN:], "first_failure": failure}
 
 
 def record_step(run_dir: Path, step: int, rollouts, results: list, b_fgo, cccs, cfg) -> None:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 import sandbox
 from support import distributed
 from support.config import Config, Interrupted, UsageError
+from support.problems import DataError
 
 
 @dataclass
@@ -183,6 +184,22 @@ def restore_signals(handlers: dict | None) -> None:
         signal.signal(signum, handler)
 
 
+def open_run(cfg: Config) -> tuple[Run, int, bool, dict | None]:
+    """stepcoder.py's run directory (--out): checked, a crash's checkpoint recovered, Ctrl-C and SIGTERM caught from
+    here on. -> (run, the step it starts from, whether it resumes from a checkpoint, handlers for restore_signals)"""
+    if cfg.resume and distributed.is_main():
+        recover_checkpoint(Path(cfg.out))  # a crash while saving: the newest complete checkpoint
+    distributed.barrier()
+    start = check_run_dir(cfg)
+    run = Run(Path(cfg.out), progress={"where": "while loading the model", "saved": "none"})
+    handlers = catch_stop_signals(run)
+    resuming = bool(cfg.resume) and (run.dir / "checkpoint").exists()
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes into it
+    if start and distributed.is_main():
+        tqdm.write(f"resuming {run.dir} from its checkpoint at step {start} (to step {cfg.steps})")
+    return run, start, resuming, handlers
+
+
 def end_step(run: Run, step: int, due: bool, save) -> bool:
     """The end of a PPO step, on every rank: whether a signal asked the run to stop, the same answer on every
     rank (any rank's signal stops them all, at this step); rank 0 calls `save` (the step's checkpoint) if it is
@@ -216,6 +233,30 @@ def stopped(run: Run) -> Interrupted:
     return Interrupted(f"stopped by {signal_name(run.stop)} after step {run.progress.get('step')} (last "
                        f"checkpoint: {run.progress['saved']}); continue with: python3 stepcoder.py --resume {run.dir}",
                        exit_code=128 + run.stop)
+
+
+def exit_code(error: BaseException) -> int:
+    """What `python stepcoder.py` prints on stderr for an error that ends it, and its exit status. A
+    NotImplementedError other than a handout's exercise is raised again."""
+    if isinstance(error, (UsageError, DataError)):
+        if distributed.is_main():  # several ranks: each has the same error, rank 0 says it
+            print(f"stepcoder: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, Interrupted):
+        if distributed.is_main():
+            print(f"stepcoder: {error}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, NotImplementedError):  # a student handout's exercise not written yet (docs/ASSIGNMENTS.md)
+        if not str(error).startswith("exercise "):
+            raise error
+        print(f"stepcoder: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):  # before the run directory was chosen: nothing to continue
+        print("stepcoder: interrupted", file=sys.stderr)
+        return 130
+    print("stepcoder: CUDA out of memory: try --sampler policy (no 16-bit copy for decoding), a smaller "
+          "--gen-batch-size or --minibatch-size, or fewer --max-new-tokens", file=sys.stderr)
+    return 1
 
 
 MASKED_ON, MASKED_OFF = "\x1b[2;9m", "\x1b[0m"  # a terminal's dim, struck-through text: FGO's masked tokens
@@ -494,7 +535,7 @@ def reward_lines(rows: list[dict]) -> list[str]:
 
 def pass_at_k_line(split: str, before: dict, after: dict) -> str | None:
     """A problem set's overall pass@1 and pass@k at its largest k (the samples per problem), before -> after,
-    each with its 95% interval over problems (stepcoder.interval95: normal approximation); None for an
+    each with its 95% interval over problems (support/evaluation.py: interval95, the normal approximation); None for an
     evaluation written before reports had pass@k. "-": the earlier report lacks that k."""
     if "pass@k" not in after:
         return None

@@ -9,6 +9,7 @@ import pytest
 
 import curriculum
 from conftest import ROOT
+from support import display
 from curriculum import (ALPHA, RHO_T, Curriculum, DataError, Problem, build_prompt, load_problems, main, split_points,
                         stage_prefixes)
 
@@ -290,13 +291,13 @@ def test_each_pass_visits_every_problem_once_and_a_step_never_twice():
 
 
 def test_the_budget_line_counts_as_by_hand():
-    line = curriculum.budget(66, 30, 16, 2, True, 0.25)
+    line = display.budget(66, 30, 16, 2, True, 0.25)
     # 30 x 16 x 2 = 960 rollouts; 30 x 16 / 66 = 7.27 visits, 14.5 rollouts per problem; ceil(30/4) = 8 plain steps
     assert "66 problems" in line and "= 960 rollouts" in line and "visited 7.3 times (14.5 rollouts)" in line
     assert "from step 23 (the last 8 steps)" in line
-    assert "160 PPO steps x 8 problems x 4 samples = 5120 rollouts" in curriculum.budget(7413, 160, 8, 4, True, 0.25)
-    assert "visited 0.2 times" in curriculum.budget(7413, 160, 8, 4, True, 0.25)
-    assert "plain generation throughout" in curriculum.budget(66, 30, 16, 2, False, 0.25)
+    assert "160 PPO steps x 8 problems x 4 samples = 5120 rollouts" in display.budget(7413, 160, 8, 4, True, 0.25)
+    assert "visited 0.2 times" in display.budget(7413, 160, 8, 4, True, 0.25)
+    assert "plain generation throughout" in display.budget(66, 30, 16, 2, False, 0.25)
 
 # ---------------------------------------------------------------- the loader
 
@@ -516,10 +517,10 @@ def test_the_schedule_arithmetic_is_exact():
 
 def test_the_budget_line_of_a_resumed_run_says_what_its_curriculum_will_do():
     # a finished 30-step run trained to 60: every problem at stage 0 already (not "from step 46")
-    line = curriculum.budget(66, 60, 16, 2, True, 0.25, start=30, all_plain=True)
+    line = display.budget(66, 60, 16, 2, True, 0.25, start=30, all_plain=True)
     assert "30 PPO steps (steps 31-60) x 16 problems x 2 samples = 960 rollouts" in line
     assert line.endswith("every problem at plain generation already")
-    assert curriculum.budget(66, 60, 16, 2, True, 0.25, start=10).endswith("from step 46 (the last 15 steps)")
-    assert curriculum.budget(66, 12, 16, 2, True, 0.25, start=10).endswith("from step 11 (the last 2 steps)")
+    assert display.budget(66, 60, 16, 2, True, 0.25, start=10).endswith("from step 46 (the last 15 steps)")
+    assert display.budget(66, 12, 16, 2, True, 0.25, start=10).endswith("from step 11 (the last 2 steps)")
     # a checkpoint from before the schedule: its curriculum has none, whatever the flag says
-    assert curriculum.budget(66, 60, 16, 2, True, 0.0, start=10).endswith("threshold alone (no schedule)")
+    assert display.budget(66, 60, 16, 2, True, 0.0, start=10).endswith("threshold alone (no schedule)")

@@ -177,10 +177,11 @@ def test_instruct_model_gets_the_prompt_in_its_chat_turn_and_its_answer_is_the_p
 
 def test_evaluation_scores_a_base_model_s_completion_after_the_prompt(tmp_path, monkeypatch):
     import torch, stepcoder
+    from support import evaluation
     from types import SimpleNamespace
     p, = load_problems(write(tmp_path, [HUMANEVAL_REC]))
     seen = []
-    monkeypatch.setattr(stepcoder, "fit_prompt", lambda tok, problem, prefix, limit: (prefix, False))
+    monkeypatch.setattr(evaluation, "fit_prompt", lambda tok, problem, prefix, limit: (prefix, False))
     monkeypatch.setattr(stepcoder, "tokenize_prompts", lambda tok, texts, device: (torch.zeros(1, 1), torch.ones(1, 1)))
     monkeypatch.setattr(stepcoder, "generate", lambda *a: (torch.zeros(a[2].shape[0], 1, dtype=torch.long), None))
     monkeypatch.setattr(stepcoder, "program_text", lambda tok, row: "\n    return 1 if x is None else x + 1\n")
@@ -190,6 +191,6 @@ def test_evaluation_scores_a_base_model_s_completion_after_the_prompt(tmp_path, 
     monkeypatch.setattr(stepcoder, "sandbox_results", score)
     cfg = SimpleNamespace(max_prompt_tokens=64, eval_temperature=0.0, eval_samples=1, max_new_tokens=8, eval_top_p=1.0,
                           gen_batch_size=1)
-    report = stepcoder.evaluate(SimpleNamespace(tok=None, sampler=None, device="cpu"), [p], cfg, "t")
+    report = evaluation.evaluate(SimpleNamespace(tok=None, sampler=None, device="cpu"), [p], cfg, "t")
     assert seen == [HUMANEVAL_REC["prompt"].rstrip() + "\n    return 1 if x is None else x + 1\n"]
     assert report["overall"]["greedy"] == 1.0

@@ -13,8 +13,8 @@ import torch
 import curriculum
 import stepcoder
 from conftest import tiny_args
-from stepcoder import interval95, pass_at_k, pass_at_ks
-from support import models, runs
+from support import evaluation, models, runs
+from support.evaluation import interval95, pass_at_k, pass_at_ks
 
 
 # ----------------------------------------------------------------- the estimator, by hand ---
@@ -76,7 +76,7 @@ FAILING = {}  # (problem, sample) -> the status of a sample that does not pass, 
 
 
 def evaluate_stubbed(tmp_path, monkeypatch, **settings) -> tuple[dict, list]:
-    """stepcoder.evaluate on conftest's 12 problems with a tiny tokenizer, generation stubbed (one EOS per row)
+    """evaluation.evaluate on conftest's 12 problems with a tiny tokenizer, generation stubbed (one EOS per row)
     and the sandbox stubbed: sample j of problem p passes if j < PASSING[p] (greedy: j = 0)."""
     cfg = dataclasses.replace(stepcoder.parse_config(tiny_args(tmp_path, "--eval-samples", "4")), **settings)
     problems = curriculum.load_problems(cfg.data)
@@ -92,7 +92,7 @@ def evaluate_stubbed(tmp_path, monkeypatch, **settings) -> tuple[dict, list]:
     monkeypatch.setattr(stepcoder, "generate", generate)
     monkeypatch.setattr(stepcoder, "sandbox_results", sandbox_results)
     agent = SimpleNamespace(tok=tok, sampler=None, device=torch.device("cpu"))
-    return json.loads(json.dumps(stepcoder.evaluate(agent, problems, cfg, "test"))), problems  # as written to disk
+    return json.loads(json.dumps(evaluation.evaluate(agent, problems, cfg, "test"))), problems  # as written to disk
 
 
 def test_the_report_has_pass_at_k_its_intervals_and_each_problems_passing_samples(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 
 from support import config
 import curriculum
-from support import models, runs
+from support import evaluation, models, runs
 import stepcoder
 from conftest import ROOT, run_cli, tiny_args, write_problems
 
@@ -331,21 +331,21 @@ def test_a_crash_while_an_evaluation_is_written_leaves_it_to_be_done(tmp_path, m
     (tmp_path / "checkpoint" / "progress.json").write_text(json.dumps({"step": 3, "curriculum": {"enabled": False}}))
     (tmp_path / "config.json").write_text("{}")
     report = {"train": {"overall": {"pass@1": 0.5, "greedy": 0.5, "reward": 0.0, "n": 2}}}
-    monkeypatch.setattr(stepcoder, "refresh_sampler", lambda sampler, policy: None)
-    monkeypatch.setattr(stepcoder, "evaluate", lambda agent, problems, settings, tag: report["train"])
+    monkeypatch.setattr(evaluation, "refresh_sampler", lambda sampler, policy: None)
+    monkeypatch.setattr(evaluation, "evaluate", lambda agent, problems, settings, tag: report["train"])
     agent = models.Agent(tok=None, policy=None, value_head=None, sampler=None, device=torch.device("cpu"), scaler=None)
     cfg = config.Config(out=str(tmp_path), resume=str(tmp_path), steps=3, eval=True)
-    stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 0)
+    evaluation.run_evaluation(agent, {"train": []}, cfg, run, 0)
     with monkeypatch.context() as m:
         crash_writing("eval_step3.json", m)
         with pytest.raises(Crash):
-            stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 3)
+            evaluation.run_evaluation(agent, {"train": []}, cfg, run, 3)
     assert not (tmp_path / "eval_step3.json").exists()  # never half of it
     assert runs.check_run_dir(cfg) == 3  # not finished: --resume evaluates step 3
     assert "run " in runs.summary(tmp_path)  # the summary reads the complete evaluations only
     (tmp_path / "eval_step3.json").write_text('{"train": {"ove')  # what a crash left before writes were atomic
     assert runs.check_run_dir(cfg) == 3 and "run " in runs.summary(tmp_path)
-    stepcoder.run_evaluation(agent, {"train": []}, cfg, run, 3)
+    evaluation.run_evaluation(agent, {"train": []}, cfg, run, 3)
     with pytest.raises(config.UsageError, match="finished at step 3"):
         runs.check_run_dir(cfg)
 

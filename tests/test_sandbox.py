@@ -7,7 +7,7 @@ import json, math, os, signal, socket, subprocess, sys, textwrap, threading, tim
 
 import pytest
 
-from support import containment
+from support import containment, display
 import sandbox
 from sandbox import ExecResult, outputs_match, run_batch, run_tests, values_match
 
@@ -212,7 +212,7 @@ def test_executed_lines_are_numbered_as_python_numbers_them(inside, end):
     code = end.join([f's = "a{inside}b"', "if len(s) > 5:", "    print(1)", "else:", "    print(2)", ""])
     r = run1(code, "", "2")
     assert r.status == "pass" and r.coverage_complete and r.executed_lines == {1, 2, 4, 5}  # 4: the bare else
-    shown = sandbox._coverage(code, r).split("\n")[1:]  # (its lines are joined by "\n")
+    shown = display.coverage(code, r).split("\n")[1:]  # (its lines are joined by "\n")
     assert [line[:6] for line in shown] == ["   1 +", "   2 +", "   3 -", "   4 +", "   5 +"]
 
 
@@ -661,7 +661,7 @@ def test_cli_shows_the_first_failing_test_input_expected_and_actual(problem_file
     p = cli(problem_file / "v.py", "--data", problem_file / "p.json", "--id", 7)
     assert p.returncode == 1 and "first failing test: test 2 (wrong_answer)" in p.stdout
     assert "  input:    '5\\n'\n" in p.stdout and "  expected: '10\\n'\n" in p.stdout
-    assert f"  actual:   '{'x' * sandbox.SHOWN}'...\n" in p.stdout  # cut, and says so
+    assert f"  actual:   '{'x' * display.SHOWN}'...\n" in p.stdout  # cut, and says so
 
 
 def test_cli_json_has_the_first_failure_and_the_exit_status(problem_file):
