@@ -439,6 +439,7 @@ def signals_in_step(monkeypatch, step: int, *signums) -> None:
 
 
 def test_a_second_ctrl_c_abandons_the_step_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capfd):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a shell's background job
     signals_in_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
     with pytest.raises(stepcoder.Interrupted, match=r"interrupted at step 2 \(last checkpoint: step 0\).*--resume") as e:
         stepcoder.train(stepcoder.parse_config(tiny_args(tmp_path, "--steps", "3", "--no-eval")))
@@ -448,7 +449,7 @@ def test_a_second_ctrl_c_abandons_the_step_and_keeps_the_previous_checkpoint(tmp
     run = tmp_path / "run"
     assert [r["step"] for r in metrics(run)] == [1]
     assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # train put the handlers back
+    assert signal.getsignal(signal.SIGINT) is before  # train put the handlers back
 
 
 def test_signals_during_a_save_wait_for_it_and_the_run_stops_after_it(tmp_path, monkeypatch):

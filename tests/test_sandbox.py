@@ -439,7 +439,8 @@ def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores S
 
 
 CTRL_C = """
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if pytest runs with SIGINT ignored
 sys.path.insert(0, sys.argv[1])
 import sandbox
 from support import containment
