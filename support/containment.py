@@ -285,9 +285,13 @@ def _unseen_only(code, cov, nested=False):
     """`code` with each code object whose lines are all marked in cov renamed SEEN, which the tracers skip: a
     coverage re-run traces only the code that may still mark a line (tracebacks, never shown, name SEEN)."""
     consts = tuple(_unseen_only(c, cov, True) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-    lines = {n for _, _, n in code.co_lines() if n and not (nested and n == code.co_firstlineno)}  # a def's first line: the enclosing code's
-    seen = all(0 < n < len(cov) and cov[n] for n in lines)
+    seen = all(0 < n < len(cov) and cov[n] for n in _own_lines(code, nested))
     return code.replace(co_consts=consts, co_filename=SEEN if seen else code.co_filename)
+
+def _own_lines(code, nested) -> set:
+    """The lines of a code object's line events; a nested one's first line (def, class, lambda, comprehension)
+    runs in the enclosing code."""
+    return {n for _, _, n in code.co_lines() if n and not (nested and n == code.co_firstlineno)}
 
 def _run_one(program, inp, after, limit, trace, ctx):
     """One test in a fresh child, killed at `limit` s -> (kind, seconds, stdout, stderr, value)."""
@@ -454,10 +458,7 @@ def _trace_lines(buf, program, budget, ctracer):
     stop_at = time.monotonic() + budget
     left = {}  # 3.11 without coverage: settrace; left[code]: its lines yet to run
     for code in codes:
-        lines = {n for _, _, n in code.co_lines() if n}
-        if code is not program:  # a def, class, lambda or comprehension's first line runs in the enclosing code
-            lines.discard(code.co_firstlineno)
-        left[code] = {n for n in lines if n >= len(buf) or not buf[n]}  # lines an earlier test marked: not needed
+        left[code] = {n for n in _own_lines(code, code is not program) if n >= len(buf) or not buf[n]}  # lines an earlier test marked: not needed
     events = itertools.count(1)
     def tracer(frame, event, arg):
         count = next(events)
@@ -512,8 +513,7 @@ def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
     after `budget` s, as the Python tracer gives up: buf[0] = 1 if a line of the program is still unmarked.
     A kill, or os._exit, leaves buf[0] = 2: nothing is known."""
     lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
-    program_lines = {n for code in codes for _, _, n in code.co_lines()  # a def's first line: the enclosing code's
-                     if n and (code is codes[0] or n != code.co_firstlineno)}
+    program_lines = {n for code in codes for n in _own_lines(code, code is not codes[0])}
     def disposition(name, frame=None):  # only the program's file is traced
         d = CFileDisposition()
         d.original_filename = d.canonical_filename = d.source_filename = name
