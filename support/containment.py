@@ -23,7 +23,8 @@ Departures from the paper / the APPS harness, and why:
    `python_lines`): lines with a line event, plus a bare `else:`/`try:`/`finally:`/`except:` whose block ran.
    A closing bracket alone or mid-string line has no event.
 3. A wall-clock limit per test: a per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
-4. Warm workers: workers preload common stdlib modules and run with PYTHONHASHSEED=0 (reproducible set order).
+4. Warm workers: workers preload common stdlib modules (not threading on 3.12: `_preload`) and run with
+   PYTHONHASHSEED=0 (reproducible set order).
 5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
    then free the module's globals, which flushes forgotten files.
 6. The program's __name__, as the reference harnesses have it: "__main__" for stdin tests (APPS runs the
@@ -50,8 +51,8 @@ Isolated, and what is not (Linux; checked on kernel 6.18 with Landlock ABI 7, as
   A reward harness, not a jail for hostile code.
 """
 import _thread, atexit, contextlib, ctypes, functools, gc, importlib.machinery, importlib.util, io, itertools, json, linecache
-import marshal, math, mmap, os, pickle, re, resource, select, shutil, signal, struct, subprocess, sys, tempfile, threading, time
-import traceback, types, warnings
+import marshal, math, mmap, os, pickle, re, resource, select, shutil, signal, struct, sys, tempfile, time, traceback, types
+import warnings  # not threading, nor subprocess (it imports threading): see _preload
 
 FILENAME = "<solution>"  # every program is compiled under this name: its line numbers are lines of `code`
 TESTS = "<tests>"  # assertion tests' code: never traced, its lines never in executed_lines
@@ -115,10 +116,11 @@ def compiled_tests(test_code: str) -> bytes:
 
 class _Pool:
     """This process's one pool of warm workers: module state, made on first use, closed at exit."""
-    lock, workers, owner = threading.Lock(), [], None
+    lock, workers, owner = _thread.allocate_lock(), [], None
 
     def start(self, n):
         """The first n workers, dead ones replaced: `python -c` processes that import only this module."""
+        import subprocess  # the caller's alone (a worker imports this module: _preload)
         if self.owner != os.getpid():  # first use, or a fork of the process that made the pool
             self.workers, self.owner = [], os.getpid()
             atexit.register(self.close)
@@ -136,6 +138,7 @@ class _Pool:
 
     def close(self):
         """EOF to each worker: it kills its current test's processes and exits; waited for, 2 s at most."""
+        import subprocess
         mine = [w for w in self.workers if w is not None] if self.owner == os.getpid() else []
         for w in mine:
             for pipe in (w.stdin, w.stdout):
@@ -185,13 +188,19 @@ def _landlock_ruleset(home, abi):
 _CAPS = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(4, 4, 4), (ctypes.c_uint32 * 6)()
 
 # ---------------------------------------------------------------- the worker: a warm parent
+def _preload():
+    """What a worker holds before its first fork: PRELOAD, and on 3.11 threading (its tracers follow new threads
+    through threading.settrace). Not threading on 3.12 (sys.monitoring sees every thread): its at-fork hook
+    would cost each test's fork about 0.5 ms of CPU; a program that starts threads imports it."""
+    list(map(__import__, PRELOAD + (() if hasattr(sys, "monitoring") else ("threading",))))
+    gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
+
 def _serve(index):
     """Worker main loop: a job in on fd 0, its result out on fd 1 (8-byte length, pickle), until EOF."""
     _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a test become our children
     jobs, results, null = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"), os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0), os.dup2(null, 1)  # sys.std* themselves stay untouched: each child inherits them
-    list(map(__import__, PRELOAD))
-    gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
+    _preload()
     root, abi, home = os.geteuid() == 0, landlock_abi(), tempfile.mkdtemp(prefix=f"sandbox-{index}-")
     uid = SANDBOX_UID + os.getpid() % 4500 if root else None  # not shared with other pools' workers
     os.chmod(home, 0o711)  # each test gets a fresh cwd in here
@@ -400,7 +409,8 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
             traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # from the program's frame on
             status = 1
         try:
-            threading._shutdown()  # wait for non-daemon threads
+            if "threading" in sys.modules:  # wait for non-daemon threads, as CPython's exit does
+                sys.modules["threading"]._shutdown()
             atexit._run_exitfuncs()
         except BaseException:
             traceback.print_exc()
@@ -455,6 +465,7 @@ def _trace_lines(buf, program, budget, ctracer):
         return lambda: None
     if ctracer is not None:
         return _c_trace(buf, codes, budget, *ctracer)
+    import threading  # 3.11: a worker holds it (_preload)
     stop_at = time.monotonic() + budget
     left = {}  # 3.11 without coverage: settrace; left[code]: its lines yet to run
     for code in codes:
@@ -512,6 +523,7 @@ def _c_trace(buf, codes, budget, CTracer, CFileDisposition):
     every line not yet marked has run (a coverage-only re-run, budget inf, then exits: buf[0] = 3), or
     after `budget` s, as the Python tracer gives up: buf[0] = 1 if a line of the program is still unmarked.
     A kill, or os._exit, leaves buf[0] = 2: nothing is known."""
+    import threading  # 3.11: a worker holds it (_preload)
     lines, tracers, done, lock = set(), [], [], _thread.allocate_lock()
     program_lines = {n for code in codes for n in _own_lines(code, code is not codes[0])}
     def disposition(name, frame=None):  # only the program's file is traced

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from support.containment import compiled_tests
+
 DIFFICULTIES = ("introductory", "interview", "competition")
 
 
@@ -89,9 +91,11 @@ def _joined(x: Any) -> Any:  # APPS keeps some stdin tests as lists of lines; Co
     return "\n".join(x) if isinstance(x, list) and all(isinstance(s, str) for s in x) else x
 
 
-def _compiles(code: str) -> bool:
+def _compiles(code: str, keep: bool = False) -> bool:
+    """Whether test code compiles; keep: the whole test code, compiled as the sandbox sends it and kept there
+    (containment.compiled_tests), so that no batch of rollouts compiles it again."""
     try:
-        return compile(code, "<tests>", "exec", dont_inherit=True) is not None
+        return bool(compiled_tests(code) if keep else compile(code, "<tests>", "exec", dont_inherit=True))
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
         return False
 
@@ -115,8 +119,8 @@ def _assertion_record(rec: dict, check) -> Problem:
     if humaneval:
         question, solution, tests = rec["prompt"], rec["prompt"] + rec["canonical_solution"], rec["test"]
         check(rec["entry_point"].isidentifier(), "entry_point", f"must be a function name, got {rec['entry_point']!r}")
-        check(_compiles(tests), "test", "the test code does not compile")
         tests += f"\n\ncheck({rec['entry_point']})\n"
+        check(_compiles(tests, keep=True), "test", "the test code does not compile")
     else:
         asserts = [t.replace("\r\n", "\n") for t in rec["test_list"]]
         check(asserts, "test_list", "must not be empty")
@@ -127,6 +131,7 @@ def _assertion_record(rec: dict, check) -> Problem:
         for name in ("test_list", "challenge_test_list"):
             bad = next((i for i, t in enumerate(rec[name]) if not _compiles(t)), None)
             check(bad is None, name, f"test {bad} does not compile")
+        check(_compiles(tests, keep=True), "test_list", "test_setup_code and test_list together do not compile")
     check(question.strip(), names[1], "missing or empty")
     check(solution.strip() and _parses(solution), names[2], "must be a string of valid Python 3 (ast.parse fails)")
     return Problem(pid, question, solution, None, [""], [True], "", "introductory", tests,

@@ -5,6 +5,7 @@ import gzip, json, subprocess, sys
 import pytest
 
 import sandbox
+from support import containment
 from support.problems import DataError, load_problems
 from conftest import ROOT
 
@@ -67,6 +68,15 @@ def test_record_missing_a_field_is_a_data_error_naming_file_record_and_field(tmp
 def test_test_code_that_does_not_compile_is_a_data_error_at_load_time(tmp_path, rec, field, bad):
     with pytest.raises(DataError, match=rf"record 0: field '{field}': .*does not compile"):
         load_problems(write(tmp_path, [{**rec, field: bad}]))
+
+
+@pytest.mark.parametrize("rec", [HUMANEVAL_REC, MBPP_REC], ids=["humaneval", "mbpp"])
+def test_test_code_is_compiled_once_when_the_problems_load_not_by_each_batch(tmp_path, rec):
+    containment.compiled_tests.cache_clear()
+    p, = load_problems(write(tmp_path, [rec]))
+    compiled = containment.compiled_tests.cache_info().misses
+    assert sandbox.run_batch([(p.canonical_solution, p.tests)] * 2)[1].status == "pass"
+    assert containment.compiled_tests.cache_info().misses == compiled
 
 
 APPS_PLUS_REC = {"problem_id": 7, "question": "Echo.", "canonical_solution": "print(input())", "fn_name": None,

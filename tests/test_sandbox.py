@@ -391,6 +391,11 @@ def test_workers_load_coverage_s_c_tracer_alone_not_the_coverage_package():  # a
     assert run.returncode == 0 and run.stdout.split() == ["True", "False"], run.stderr
 
 
+def test_a_worker_holds_threading_only_where_its_tracer_needs_it():  # its at-fork hook costs each test's fork
+    r = run1("import sys\nprint('threading' in sys.modules, 'subprocess' in sys.modules)\n", "", "")
+    assert r.details[0].stdout.split() == [str(not hasattr(sys, "monitoring")), "False"]
+
+
 def test_cwd_is_a_temp_dir_removed_afterwards():
     r = run1("import os\nopen('f.txt', 'w').write('x')\nprint(os.getcwd())\n", "", "")
     cwd = r.details[0].stdout.strip()
