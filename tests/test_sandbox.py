@@ -438,6 +438,11 @@ def test_run_batch_keeps_input_order_and_shows_a_bar(capsys):
     assert "sandbox" in capsys.readouterr().err
 
 
+def test_a_test_has_its_own_process_group_in_its_worker_s_session_not_the_caller_s():  # no controlling terminal
+    code = "import os\nprint(os.getsid(0) == os.getppid(), os.getpgid(0) == os.getpid())\n"  # the worker leads it
+    assert run1(code, "", "").details[0].stdout.split() == ["True", "True"]
+
+
 def test_the_program_gets_python_s_own_sigint_handler():  # the worker ignores SIGINT; its test must not
     code = "import signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
     assert run1(code, "", "True").status == "pass"
@@ -468,7 +473,7 @@ def children(pids):
 
 
 def test_ctrl_c_closes_the_pool_without_worker_tracebacks_or_leftovers():
-    # As a terminal's Ctrl-C: SIGINT to the caller's whole process group, its workers included.
+    # As a terminal's Ctrl-C: SIGINT to the caller's whole process group (its workers have a session of their own).
     p = subprocess.Popen([sys.executable, "-c", CTRL_C, os.path.dirname(SANDBOX)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     workers = [int(pid) for pid in p.stdout.readline().split()]
