@@ -263,5 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly, as any Unix tool
     sys.modules["curriculum"] = sys.modules[__name__]  # support/display.py's `import curriculum`: this module, not a second copy
     sys.exit(main())

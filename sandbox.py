@@ -170,4 +170,6 @@ def main(argv=None):
     return 0 if result.status == "pass" else 1
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly, as any Unix tool
     sys.exit(main())

@@ -1,6 +1,7 @@
 """curriculum.py: split points, CCCS stages (docs/METHOD.md, section 3), the schedule, the loader (docs/METHOD.md, section 1), prompts, CLI."""
 import json
 import math
+import signal
 import subprocess
 import sys
 from fractions import Fraction
@@ -478,6 +479,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args):
     run = subprocess.run([sys.executable, str(ROOT / "curriculum.py"), *args], capture_output=True, text=True)
     assert run.returncode == 2 and run.stdout == ""
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("command", [["curriculum.py", "--id", "1013"], ["sandbox.py", "{tmp}/x.py", "--data", "data/train.json", "--id", "1013"]])
+def test_cli_ends_quietly_when_its_reader_is_gone(tmp_path, command):  # as `| head` leaves it
+    (tmp_path / "x.py").write_text("print(input())\n")
+    args = [str(ROOT / command[0])] + [a.format(tmp=tmp_path) for a in command[1:]]
+    run = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()  # before it writes anything
+    assert run.stderr.read() == b"" and run.wait() == -signal.SIGPIPE
 
 
 def test_cli_id_missing_from_the_default_file_names_the_bundled_file_that_has_it(capsys, monkeypatch):
