@@ -481,7 +481,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args):
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
 
 
-@pytest.mark.parametrize("command", [["curriculum.py", "--id", "1013"], ["sandbox.py", "{tmp}/x.py", "--data", "data/train.json", "--id", "1013"]])
+@pytest.mark.parametrize("command", [["curriculum.py", "--id", "1013"],
+                                     ["sandbox.py", "{tmp}/x.py", "--data", "data/train.json", "--id", "1013"]])
 def test_cli_ends_quietly_when_its_reader_is_gone(tmp_path, command):  # as `| head` leaves it
     (tmp_path / "x.py").write_text("print(input())\n")
     args = [str(ROOT / command[0])] + [a.format(tmp=tmp_path) for a in command[1:]]
