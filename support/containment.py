@@ -24,7 +24,7 @@ Departures from the paper / the APPS harness, and why:
    `python_lines`): lines with a line event, plus a bare `else:`/`try:`/`finally:`/`except:` whose block ran.
    A closing bracket alone or mid-string line has no event.
 3. A wall-clock limit per test: a per-test wall-clock timeout (RLIMIT_CPU backs it up); output over 16 MiB is a runtime error.
-4. Warm workers: workers preload common stdlib modules (not threading on 3.12: `_preload`) and run with
+4. Warm workers: workers preload common stdlib modules (not threading on 3.12+: `_preload`) and run with
    PYTHONHASHSEED=0 (reproducible set order).
 5. A CPython exit: at exit the child does as CPython: join non-daemon threads, run atexit, flush stdio (failing: status 120),
    then free the module's globals, which flushes forgotten files.
@@ -194,8 +194,8 @@ _CAPS = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)(4, 4, 4), (c
 # ---------------------------------------------------------------- the worker: a warm parent
 def _preload():
     """What a worker holds before its first fork: PRELOAD, and on 3.11 threading (its tracers follow new threads
-    through threading.settrace). Not threading on 3.12 (sys.monitoring sees every thread): its at-fork hook
-    would cost each test's fork about 0.5 ms of CPU; a program that starts threads imports it."""
+    through threading.settrace). Not threading on 3.12+ (sys.monitoring sees every thread): its at-fork hook
+    would run Python in every test's child (bench/README.md); a program that starts threads imports it."""
     list(map(__import__, PRELOAD + (() if hasattr(sys, "monitoring") else ("threading",))))
     gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
 
@@ -363,7 +363,7 @@ def _child(program, inp, after, cwd, limits, trace, ctx):
     'a CPython exit'). Never returns."""
     status, finish = 1, lambda: None
     try:
-        os.setpgid(0, 0)  # its own group, killed at its end (not setsid: a new session's scheduler group costs 0.25 ms)
+        os.setpgid(0, 0)  # its own group, killed at its end (not setsid: a new session makes a scheduler autogroup)
         keep_read = ctx["ruleset"] is not None
         keep = ctx["files"] + [ctx["ruleset"]] * keep_read
         for target, fd in enumerate(keep):
